@@ -1,0 +1,44 @@
+"""All gateway configuration, from environment variables (prefix QUELL_) or CLI flags. One BaseSettings."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DecodeMask(StrEnum):
+    AUTO = "auto"  # use the vLLM plugin when the backend has it (always for the managed backend)
+    ON = "on"  # require it: refuse to start against a backend without it
+    OFF = "off"  # text-level surface layer only
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QUELL_", env_file=None, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    policies: Path = Path("policies")
+
+    backend_url: str | None = None
+    """An already running OpenAI-compatible server (e.g. http://gpu-node:8000). Unset: start a managed vLLM."""
+    backend_api_key: str | None = None
+    backend_timeout_s: float = Field(300.0, gt=0)
+    served_model_name: str = "SmolLM2-135M-Instruct"
+
+    model_dir: Path = Path(".cache/models/SmolLM2-135M-Instruct")
+    cache_dir: Path = Path(".cache")
+    vllm_port: int = Field(8001, ge=1, le=65535)
+    vllm_kvcache_gib: int = Field(1, ge=1)
+    vllm_max_model_len: int = Field(2048, ge=64)
+    vllm_extra_args: str = ""
+    """Extra command-line arguments for the managed vLLM, split like a shell would."""
+    vllm_start_timeout_s: float = Field(300.0, gt=0)
+
+    decode_mask: DecodeMask = DecodeMask.AUTO
+    text_backstop: bool = True
+    """The gateway's own streaming matcher on every response; turn off only to measure the decode mask alone."""
+
+    log_level: str = "info"
