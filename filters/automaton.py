@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from filters.normalize import SEPARATOR, normalize, word_chars
 
 DEAD = 0
@@ -73,8 +75,12 @@ class TermAutomaton:
         # Lazily determinised DFA. States are interned (live trie nodes, at_edge); DEAD has no key.
         self._state_key: list[tuple[frozenset[int], bool] | None] = [None, (frozenset(), True)]
         self._state_id: dict[tuple[frozenset[int], bool], int] = {(frozenset(), True): START}
-        self._pending: list[bool] = [False, False]
-        self._delta: list[list[int]] = [[DEAD] * self.num_classes, [-1] * self.num_classes]
+        # Transition table as a growable numpy int32 array (-1 = not computed yet), so the mask kernel
+        # (`filters.token_mask`) can gather from it for the whole vocabulary at once. Rows past `num_states` are spare.
+        self._num_states = 2
+        self._delta = np.full((64, self.num_classes), -1, dtype=np.int32)
+        self._delta[DEAD] = DEAD
+        self._pending = np.zeros(64, dtype=np.bool_)
 
     # ---- symbols -------------------------------------------------------------------------------------------
     def classes(self, text: str) -> list[int]:
@@ -92,18 +98,37 @@ class TermAutomaton:
     # ---- DFA -----------------------------------------------------------------------------------------------
     @property
     def num_states(self) -> int:
-        return len(self._delta)
+        return self._num_states
+
+    @property
+    def delta(self) -> np.ndarray:
+        """The transition table so far, `[num_states, num_classes]` int32, -1 where not computed yet (a view)."""
+        return self._delta[: self._num_states]
+
+    @property
+    def pending(self) -> np.ndarray:
+        """`is_pending` for every state so far, as a bool array (a view)."""
+        return self._pending[: self._num_states]
 
     def is_pending(self, state: int) -> bool:
         """A term is complete and waits only for its word edge: the end of text here would be a match."""
-        return self._pending[state]
+        return bool(self._pending[state])
 
     def step(self, state: int, cls: int) -> int:
-        nxt = self._delta[state][cls]
+        nxt = int(self._delta[state, cls])
         if nxt < 0:
             nxt = self._compute(state, cls)
-            self._delta[state][cls] = nxt
+            self._delta[state, cls] = nxt
         return nxt
+
+    def fill(self, states: np.ndarray, classes: np.ndarray) -> None:
+        """Compute every unknown transition among the (state, class) pairs given (arrays of equal shape)."""
+        unknown = self._delta[states, classes] < 0
+        if not unknown.any():
+            return
+        pairs = np.unique(np.stack([states[unknown], classes[unknown]], axis=1), axis=0)
+        for state, cls in pairs.tolist():
+            self.step(state, cls)
 
     def run(self, state: int, classes: Iterable[int]) -> int:
         for cls in classes:
@@ -121,12 +146,17 @@ class TermAutomaton:
         key = (nodes, at_edge)
         sid = self._state_id.get(key)
         if sid is None:
-            sid = len(self._delta)
+            sid = self._num_states
+            if sid == len(self._delta):
+                grown = np.full((2 * sid, self.num_classes), -1, dtype=np.int32)
+                grown[:sid] = self._delta
+                self._delta = grown
+                self._pending = np.concatenate([self._pending, np.zeros(sid, dtype=np.bool_)])
+            self._num_states = sid + 1
             self._state_id[key] = sid
             self._state_key.append(key)
             terminal = self.trie.terminal
-            self._pending.append(any(terminal[n] for n in nodes))
-            self._delta.append([-1] * self.num_classes)
+            self._pending[sid] = any(terminal[n] for n in nodes)
         return sid
 
     def _compute(self, state: int, cls: int) -> int:
