@@ -1,0 +1,163 @@
+"""Banned-token masks per automaton state, and the per-request cursor that tracks the state through sampled tokens.
+
+Split three ways (STYLE.md, "Take" 3): `VocabularyIndex` (per tokenizer, immutable), `TermAutomaton` (per term set,
+shared, grows lazily), `TokenMasks` (per term set x tokenizer: the mask kernel and its cache) and `Cursor` (per
+request: automaton state plus the UTF-8 bytes still pending).
+
+A token is banned from cursor (q, pending bytes) when its text, fed from there, reaches `DEAD` (a confirmed match).
+Text-less (special) tokens, end-of-sequence included, are banned while q is pending: they either end the text (end of
+text is a word edge, so the waiting term would match) or are invisible and change nothing. On the step where
+generation will be cut (`banned_last`), tokens that end in a pending state are banned too.
+
+The kernel runs the DFA over the whole vocabulary at once: a [token, position] table of symbol classes, one numpy
+gather per position, unknown transitions computed on demand. Cursors with pending bytes (a token ended inside a
+multi-byte character) reuse the clean-stream result for every token that does not start with a continuation byte
+(the pending bytes become U+FFFD, a separator, before it) and decode the few others one by one.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from filters.automaton import DEAD, OTHER_CLASS, SEP_CLASS, START, TermAutomaton
+from filters.normalize import SEPARATOR
+from filters.vocab import VocabularyIndex
+
+log = logging.getLogger(__name__)
+
+MAX_CACHED_MASKS = 2048
+"""Masks kept per term set (each is one bool per token id); the cache is cleared when it is full."""
+
+
+class TokenMasks:
+    """Masks for one term set over one vocabulary, computed lazily per cursor position and cached.
+
+    `width` is the number of logits per row (the model's vocabulary, which may exceed the tokenizer's); ids without a
+    token are always banned.
+    """
+
+    def __init__(self, automaton: TermAutomaton, vocab: VocabularyIndex, width: int | None = None):
+        width = vocab.size if width is None else width
+        if width < vocab.size:
+            raise ValueError(f"mask width {width} is smaller than the tokenizer's vocabulary of {vocab.size} tokens")
+        self.automaton = automaton
+        self.vocab = vocab
+        self.width = width
+        table = vocab.char_table
+        class_of_char = np.array(
+            [SEP_CLASS if ch == SEPARATOR else automaton.class_of.get(ch, OTHER_CLASS) for ch in vocab.alphabet],
+            dtype=np.int32,
+        )
+        self._classes = class_of_char[table.chars]
+        self._order = table.order
+        self._active = table.active.tolist()
+        self._special = np.flatnonzero(~vocab.has_text)
+        self._continuing = np.flatnonzero(vocab.continues_bytes)
+        self._ends: dict[int, np.ndarray] = {}
+        self._banned: dict[tuple[int, bytes, bool], np.ndarray] = {}
+
+    # ---- public -------------------------------------------------------------------------------------------
+    def banned(self, state: int, tail: bytes = b"", *, last: bool = False) -> np.ndarray:
+        """Bool per token id: sampling it from (state, tail) would produce a match (`last`: or leave one pending).
+
+        Never bans every id: if it would, the end-of-sequence ids stay open (and that is logged).
+        The returned array is cached and shared: do not modify it.
+        """
+        key = (state, tail, last)
+        mask = self._banned.get(key)
+        if mask is None:
+            if len(self._banned) >= MAX_CACHED_MASKS:
+                self._banned.clear()
+            mask = self._compute_banned(state, tail, last)
+            self._banned[key] = mask
+        return mask
+
+    def end_states(self, state: int, tail: bytes = b"") -> np.ndarray:
+        """int32 per tokenizer id: the state after its text from (state, tail); text-less tokens keep `state`."""
+        if not tail:
+            return self._clean_ends(state)
+        ends = self._clean_ends(self.automaton.step(state, SEP_CLASS)).copy()
+        ends[self._special] = state
+        for token in self._continuing.tolist():
+            decoder = _decoder_after(tail)
+            text = decoder.decode(self.vocab.token_bytes[token], final=False)
+            ends[token] = self.automaton.run(state, self.automaton.classes(text))
+        return ends
+
+    # ---- kernel -------------------------------------------------------------------------------------------
+    def _clean_ends(self, state: int) -> np.ndarray:
+        ends = self._ends.get(state)
+        if ends is not None:
+            return ends
+        automaton = self.automaton
+        states = np.full(len(self._order), state, dtype=np.int32)
+        for position, count in enumerate(self._active):
+            current = states[:count]
+            classes = self._classes[:count, position]
+            nxt = automaton.delta[current, classes]
+            if nxt.min() < 0:
+                automaton.fill(current, classes)
+                nxt = automaton.delta[current, classes]
+            states[:count] = nxt
+        ends = np.full(self.vocab.size, state, dtype=np.int32)
+        ends[self._order] = states
+        if len(self._ends) >= MAX_CACHED_MASKS:
+            self._ends.clear()
+        self._ends[state] = ends
+        return ends
+
+    def _compute_banned(self, state: int, tail: bytes, last: bool) -> np.ndarray:
+        ends = self.end_states(state, tail)
+        mask = np.ones(self.width, dtype=np.bool_)
+        text_banned = ends == DEAD
+        if last:
+            text_banned |= self.automaton.pending[ends]
+        mask[: self.vocab.size] = text_banned
+        mask[self._special] = self.automaton.is_pending(state)
+        if mask.all():
+            eos = sorted(self.vocab.eos_token_ids)
+            log.warning("every token would complete a listed term from state %d; leaving end-of-sequence open", state)
+            mask[eos] = False
+        return mask
+
+
+def _decoder_after(tail: bytes) -> codecs.IncrementalDecoder:
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    decoder.decode(tail, final=False)
+    return decoder
+
+
+@dataclass
+class Cursor:
+    """One request's position: the automaton state after the text so far, and the UTF-8 bytes still pending."""
+
+    automaton: TermAutomaton
+    vocab: VocabularyIndex
+    state: int = START
+    consumed: int = 0
+    """Output token ids advanced over so far."""
+    _decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
+    )
+
+    @property
+    def tail(self) -> bytes:
+        return self._decoder.getstate()[0]
+
+    @property
+    def matched(self) -> bool:
+        return self.state == DEAD
+
+    def advance(self, token_id: int) -> int:
+        """Feed one sampled token; returns the new state. Ids outside the tokenizer are treated as text-less."""
+        self.consumed += 1
+        data = self.vocab.token_bytes[token_id] if 0 <= token_id < self.vocab.size else None
+        if data is None or self.state == DEAD:
+            return self.state
+        text = self._decoder.decode(data, final=False)
+        self.state = self.automaton.run(self.state, self.automaton.classes(text))
+        return self.state
