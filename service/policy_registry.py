@@ -1,0 +1,100 @@
+"""The gateway's live policies: loaded from a directory, swapped atomically, last good version kept on error.
+
+A request takes one `PolicySnapshot` at its start and uses it to the end, so a reload never changes the rules under
+a request in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from collections import OrderedDict
+from pathlib import Path
+
+from filters.policy import Policy
+from filters.policy_loader import PolicyIssue, load_policy_dir
+from filters.surface import SurfaceLayer
+
+log = logging.getLogger("quell.policies")
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    policy: Policy
+    file: Path
+    loaded_at: datetime
+
+
+@dataclass(frozen=True)
+class PolicySnapshot:
+    policies: dict[str, LoadedPolicy]
+    errors: dict[Path, tuple[PolicyIssue, ...]] = field(default_factory=dict)
+
+    def defaults(self) -> list[Policy]:
+        return [lp.policy for lp in self.policies.values() if lp.policy.default]
+
+    def select(self, ids: list[str] | None = None) -> list[Policy]:
+        """Default policies plus the named ones; unknown ids raise KeyError naming them."""
+        chosen = {p.id: p for p in self.defaults()}
+        missing = [i for i in ids or [] if i not in self.policies]
+        if missing:
+            raise KeyError(", ".join(missing))
+        for i in ids or []:
+            chosen[i] = self.policies[i].policy
+        return list(chosen.values())
+
+
+_SURFACE_CACHE: OrderedDict[tuple[tuple[str, ...], str], SurfaceLayer] = OrderedDict()
+_SURFACE_CACHE_SIZE = 64
+
+
+def surface_layer(policies: list[Policy], direction: str = "output") -> SurfaceLayer:
+    """Compiled once per distinct set of policy versions (keyed by content digests), LRU-bounded."""
+    key = (tuple(sorted(p.digest for p in policies)), direction)
+    layer = _SURFACE_CACHE.get(key)
+    if layer is None:
+        layer = SurfaceLayer(policies, direction)
+        _SURFACE_CACHE[key] = layer
+        if len(_SURFACE_CACHE) > _SURFACE_CACHE_SIZE:
+            _SURFACE_CACHE.popitem(last=False)
+    else:
+        _SURFACE_CACHE.move_to_end(key)
+    return layer
+
+
+class PolicyRegistry:
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self._lock = threading.Lock()
+        self._snapshot = PolicySnapshot({})
+
+    @property
+    def snapshot(self) -> PolicySnapshot:
+        return self._snapshot
+
+    def reload(self) -> PolicySnapshot:
+        """Load the directory; valid files replace their policy, broken files keep the last good version."""
+        with self._lock:
+            result = load_policy_dir(self.directory)
+            old = self._snapshot.policies
+            now = datetime.now(UTC)
+            policies: dict[str, LoadedPolicy] = {}
+            for pid, policy in result.policies.items():
+                prev = old.get(pid)
+                unchanged = prev is not None and prev.policy.digest == policy.digest
+                policies[pid] = prev if unchanged else LoadedPolicy(policy, result.files[pid], now)
+            broken_files = set(result.errors)
+            for pid, prev in old.items():
+                if pid not in policies and prev.file in broken_files:
+                    policies[pid] = prev  # the file is broken now: keep serving what it said before
+            for path, issues in result.errors.items():
+                for issue in issues:
+                    log.error("policy rejected, last good version kept: %s", issue)
+            for pid in policies.keys() - old.keys():
+                log.info("policy loaded: %s from %s", policies[pid].policy.ref, policies[pid].file)
+            for pid in old.keys() - policies.keys():
+                log.info("policy removed: %s", old[pid].policy.ref)
+            self._snapshot = PolicySnapshot(policies, {p: tuple(i) for p, i in result.errors.items()})
+            return self._snapshot
