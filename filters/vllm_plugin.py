@@ -1,0 +1,199 @@
+"""Decode-time term masking as a vLLM V1 logits processor (DESIGN.md, "Surface layer", use 2).
+
+Load it with `--logits-processors filters.vllm_plugin:QuellLogitsProcessor`; a request opts in with
+`"vllm_xargs": {"quell_terms": ["Spider-Man", ...]}` (a flat list of strings). Requests without terms are untouched.
+
+Call order (vLLM's interface): `validate_params` in the API server (bad input -> HTTP 400); in the engine, before
+each forward pass `update_state` (batch changes: removed, then added, then moved; then every masked request's cursor
+advances over its new output ids and its mask for this step is chosen), then `apply` (one `masked_fill_` per masked
+row). Neither of the last two may raise, because an exception there kills the engine: a request whose state cannot be
+computed gets every token but end-of-sequence banned, and the error is logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
+from vllm.v1.sample.logits_processor.builtin import process_dict_updates
+
+from filters.automaton import TermAutomaton
+from filters.normalize import word_chars
+from filters.token_mask import Cursor, TokenMasks
+from filters.vocab import VocabularyIndex
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+
+log = logging.getLogger(__name__)
+
+TERMS_KEY = "quell_terms"
+MAX_TERMS = 100_000
+MAX_TERMS_BYTES = 4 * 1024 * 1024
+MAX_CACHED_TERM_SETS = 16
+
+
+def parse_terms(extra_args: dict[str, Any] | None) -> tuple[str, ...]:
+    """The request's terms, deduplicated and sorted (empty: not masked). ValueError says what is wrong."""
+    raw = (extra_args or {}).get(TERMS_KEY)
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(term, str) for term in raw):
+        got = type(raw).__name__ if not isinstance(raw, list) else "a list with non-strings"
+        raise ValueError(f"vllm_xargs.{TERMS_KEY} must be a flat list of strings, got {got}")
+    if len(raw) > MAX_TERMS:
+        raise ValueError(f"vllm_xargs.{TERMS_KEY} has {len(raw)} terms; at most {MAX_TERMS} are accepted")
+    size = sum(len(term.encode("utf-8", errors="surrogatepass")) for term in raw)
+    if size > MAX_TERMS_BYTES:
+        raise ValueError(f"vllm_xargs.{TERMS_KEY} is {size} bytes of text; at most {MAX_TERMS_BYTES} are accepted")
+    terms = sorted(set(raw))
+    empty = [term for term in terms if not word_chars(term)]
+    if empty:
+        raise ValueError(
+            f"vllm_xargs.{TERMS_KEY} has terms with no letters or digits once normalised, which can never match: "
+            f"{empty[:5]!r}"
+        )
+    return tuple(terms)
+
+
+def term_set_key(terms: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for term in terms:
+        digest.update(term.encode("utf-8", errors="surrogatepass") + b"\0")
+    return digest.hexdigest()
+
+
+@dataclass
+class _Request:
+    cursor: Cursor | None
+    masks: TokenMasks | None
+    output_ids: list[int]
+    max_tokens: int | None
+    prompt_len: int
+    set_key: str = ""
+    mask: torch.Tensor | None = None
+    """This step's banned ids (bool, logits width); `None` until `update_state` ran for it."""
+
+
+class QuellLogitsProcessor(LogitsProcessor):
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams) -> None:
+        parse_terms(sampling_params.extra_args)
+
+    def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool):
+        model_config = vllm_config.model_config
+        self.device = torch.device(device)
+        self.width = model_config.get_vocab_size()
+        self.max_model_len = model_config.max_model_len
+        self.vocab = VocabularyIndex.from_pretrained(model_config.tokenizer, revision=model_config.tokenizer_revision)
+        self.vocab.char_table  # build the kernel's table now, not on the first masked request
+        self._term_sets: OrderedDict[str, TokenMasks] = OrderedDict()
+        self._requests: dict[int, _Request] = {}
+        fallback = np.ones(self.width, dtype=np.bool_)
+        fallback[sorted(self.vocab.eos_token_ids)] = False
+        self._end_only = torch.from_numpy(fallback).to(self.device)
+        self._device_masks: dict[tuple[str, int, bytes, bool], torch.Tensor] = {}
+        log.info("Quell decode-time masking ready: %d tokens, logits width %d", self.vocab.size, self.width)
+
+    def is_argmax_invariant(self) -> bool:
+        return False
+
+    def needs_output_token_ids(self) -> bool:
+        """Newer vLLM versions ask; the cursors advance over output ids, so always yes."""
+        return True
+
+    # ---- state --------------------------------------------------------------------------------------------
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        try:
+            process_dict_updates(self._requests, batch_update, self._new_request)
+        except Exception:  # noqa: BLE001 - an exception here kills the engine; every request ends instead
+            log.exception("Quell: batch update failed; ending every masked request")
+            for request in self._requests.values():
+                request.cursor = None
+        for request in self._requests.values():
+            request.mask = self._step_mask(request)
+
+    def _new_request(self, params: SamplingParams, prompt_ids: list[int] | None, output_ids: list[int]) -> _Request | None:
+        try:
+            terms = parse_terms(params.extra_args)
+        except ValueError:
+            log.exception("Quell: invalid terms reached the engine; ending the request")
+            return _Request(None, None, output_ids, params.max_tokens, len(prompt_ids or ()))
+        if not terms:
+            return None
+        key = term_set_key(terms)
+        try:
+            masks = self._masks_for(key, terms)
+            cursor = Cursor(masks.automaton, masks.vocab)
+        except Exception:  # noqa: BLE001
+            log.exception("Quell: compiling %d terms failed; ending the request", len(terms))
+            masks, cursor = None, None
+        return _Request(cursor, masks, output_ids, params.max_tokens, len(prompt_ids or ()), key)
+
+    def _masks_for(self, key: str, terms: tuple[str, ...]) -> TokenMasks:
+        masks = self._term_sets.get(key)
+        if masks is None:
+            masks = TokenMasks(TermAutomaton(terms), self.vocab, self.width)
+            self._term_sets[key] = masks
+            if len(self._term_sets) > MAX_CACHED_TERM_SETS:
+                old_key, _ = self._term_sets.popitem(last=False)
+                self._device_masks = {k: v for k, v in self._device_masks.items() if k[0] != old_key}
+        else:
+            self._term_sets.move_to_end(key)
+        return masks
+
+    def _step_mask(self, request: _Request) -> torch.Tensor:
+        cursor, masks = request.cursor, request.masks
+        if cursor is None or masks is None:
+            return self._end_only
+        try:
+            output = request.output_ids
+            while cursor.consumed < len(output):
+                token = output[cursor.consumed]
+                if token < 0:
+                    break  # async scheduling placeholder: the real id arrives before the next step
+                cursor.advance(token)
+            produced = cursor.consumed
+            last = request.max_tokens is not None and produced + 1 >= request.max_tokens
+            last = last or request.prompt_len + produced + 1 >= self.max_model_len
+            banned = masks.banned(cursor.state, cursor.tail, last=last)
+            return self._as_tensor(banned, (request.set_key, cursor.state, cursor.tail, last))
+        except Exception:  # noqa: BLE001
+            log.exception("Quell: advancing a request failed; ending it")
+            request.cursor = None
+            return self._end_only
+
+    def _as_tensor(self, banned: np.ndarray, key: tuple[str, int, bytes, bool]) -> torch.Tensor:
+        if self.device.type == "cpu":
+            return torch.from_numpy(banned)  # shares memory with the cached mask: no copy
+        tensor = self._device_masks.get(key)
+        if tensor is None:
+            if len(self._device_masks) >= 4096:
+                self._device_masks.clear()
+            tensor = torch.from_numpy(banned).to(self.device, non_blocking=True)
+            self._device_masks[key] = tensor
+        return tensor
+
+    # ---- logits -------------------------------------------------------------------------------------------
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self._requests:
+            return logits
+        try:
+            for index, request in self._requests.items():
+                logits[index].masked_fill_(request.mask if request.mask is not None else self._end_only, -float("inf"))
+        except Exception:  # noqa: BLE001 - never raise here: it kills the engine
+            log.exception("Quell: applying masks failed; ending every masked request")
+            for index in self._requests:
+                try:
+                    logits[index].masked_fill_(self._end_only, -float("inf"))
+                except Exception:  # noqa: BLE001
+                    log.exception("Quell: could not end request at batch index %d", index)
+        return logits
