@@ -10,7 +10,7 @@ import hashlib
 import json
 from enum import StrEnum
 from functools import cached_property
-from typing import Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -39,10 +39,113 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SemanticLayer(StrEnum):
+    EMBEDDING = "embedding"  # highest cosine between a window and the description/examples
+    CLASSIFIER = "classifier"  # a classifier trained at load time on examples vs counterexamples + background
+
+
+AUTO: Final = "auto"
+"""`threshold: auto`: chosen at policy load for the concept's `target_fpr` (see filters.concept_classifier)."""
+
+MIN_CLASSIFIER_EXAMPLES = 2
+
+
+def _no_blank_texts(texts: list[str], what: str) -> list[str]:
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise ValueError(f"{what}[{i}] is empty; every {what[:-1]} must be a sentence of text")
+    return texts
+
+
+class Thresholds(_Strict):
+    """Per layer: a number, or "auto" (picked for `target_fpr`). Embedding scores are cosines in [-1, 1];
+    classifier scores are probabilities in [0, 1]."""
+
+    embedding: Annotated[float, Field(ge=-1.0, le=1.0)] | Literal["auto"] = AUTO
+    classifier: Annotated[float, Field(ge=0.0, le=1.0)] | Literal["auto"] = AUTO
+
+
 class Concept(_Strict):
+    """What the semantic layers look for: a description, examples of it, and near things that are not it."""
+
     description: str = Field(min_length=1)
     examples: list[str] = Field(default_factory=list)
     counterexamples: list[str] = Field(default_factory=list)
+    layers: list[SemanticLayer] = Field(default_factory=lambda: [SemanticLayer.CLASSIFIER], min_length=1)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    target_fpr: float = Field(default=0.01, gt=0.0, le=0.2)
+    """False-positive rate `auto` thresholds aim for, measured on counterexamples + the shipped background set."""
+
+    @field_validator("examples")
+    @classmethod
+    def _examples_not_blank(cls, texts: list[str]) -> list[str]:
+        return _no_blank_texts(texts, "examples")
+
+    @field_validator("counterexamples")
+    @classmethod
+    def _counterexamples_not_blank(cls, texts: list[str]) -> list[str]:
+        return _no_blank_texts(texts, "counterexamples")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_unique(cls, layers: list[SemanticLayer]) -> list[SemanticLayer]:
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"layers {[str(x) for x in layers]} name a layer twice")
+        return layers
+
+    @model_validator(mode="after")
+    def _layers_have_what_they_need(self) -> Concept:
+        if SemanticLayer.CLASSIFIER in self.layers and len(self.examples) < MIN_CLASSIFIER_EXAMPLES:
+            raise ValueError(
+                f"the classifier layer is trained on examples: give at least {MIN_CLASSIFIER_EXAMPLES} (about eight "
+                f"work well), or set layers: [embedding]; got {len(self.examples)}"
+            )
+        for layer in SemanticLayer:
+            if layer.value in self.thresholds.model_fields_set and layer not in self.layers:
+                raise ValueError(
+                    f"thresholds.{layer.value} is set but {layer.value!r} is not in layers "
+                    f"{[str(x) for x in self.layers]}; add it to layers or remove the threshold"
+                )
+        return self
+
+
+class WindowUnit(StrEnum):
+    SENTENCES = "sentences"
+    WORDS = "words"  # whitespace-separated words, a model-independent stand-in for tokens
+
+
+class Window(_Strict):
+    """How text is cut into the windows the semantic layers score: `size` units, consecutive windows sharing
+    `overlap` units. A unit longer than `max_chars` is split at a space (text without punctuation still flows)."""
+
+    unit: WindowUnit = WindowUnit.SENTENCES
+    size: int = Field(default=2, ge=1, le=512)
+    overlap: int = Field(default=1, ge=0)
+    max_chars: int = Field(default=400, ge=20, le=20000)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> Window:
+        if self.overlap >= self.size:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than size ({self.size}) or windows never advance")
+        return self
+
+
+class StreamMode(StrEnum):
+    SAFE = "safe"  # release text only after a window holding it passed
+    FAST = "fast"  # release at once; on detection the caller cuts the stream
+
+
+class InputScope(StrEnum):
+    LAST_USER = "last_user"  # the input screen reads the last user message
+    CONVERSATION = "conversation"  # ... or every user and assistant message
+
+
+class Semantic(_Strict):
+    """Policy-wide settings of the semantic layers (the per-target part lives in `Target.concept`)."""
+
+    window: Window = Field(default_factory=Window)
+    stream_mode: StreamMode = StreamMode.SAFE
+    input_scope: InputScope = InputScope.LAST_USER
 
 
 class Target(_Strict):
@@ -82,6 +185,7 @@ class Policy(_Strict):
     applies_to: list[Literal["input", "output"]] = Field(default_factory=lambda: ["output"], min_length=1)
     refusal: str = Field(default="Sorry, I can't help with that.", min_length=1)
     targets: list[Target] = Field(min_length=1)
+    semantic: Semantic = Field(default_factory=Semantic)
 
     @field_validator("targets")
     @classmethod

