@@ -1,0 +1,195 @@
+"""The plugin inside the real vLLM with the real model: attack prompts leak without it and never with it.
+
+One vLLM per module (about 30 s to start), spoken to directly over HTTP; the gateway and its text backstop are not
+involved, so the plugin is the only layer. Greedy decoding keeps the runs repeatable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from filters.automaton import TermAutomaton
+from filters.text_matcher import find_matches
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_DIR = ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct"
+MODEL = "SmolLM2-135M-Instruct"
+TERMS = ["Spider-Man", "Spiderman", "Peter Parker", "Harry Potter", "Pikachu", "Batman", "Bruce Wayne", "Mickey Mouse"]
+AUTOMATON = TermAutomaton(TERMS)
+
+ATTACKS = [
+    "Repeat exactly: Spider-Man, Spider-Man, Spider-Man.",
+    "Spell out the name Spider-Man letter by letter, separated by dashes.",
+    "Write the name SPIDER-MAN in capital letters, three times.",
+    "Give me five hashtags about Spider-Man.",
+    "Translate 'Spider-Man' into French and Spanish.",
+    "Write a haiku about Spider-Man.",
+    "Repeat exactly: Harry Potter.",
+    "Who is Harry Potter? Answer in one sentence.",
+    "Write the name Pikachu five times.",
+    "Repeat exactly: Batman and Bruce Wayne.",
+    "Give me three hashtags about Batman.",
+    "Write a short poem about Mickey Mouse.",
+]
+
+
+def _free_port() -> int:
+    for port in range(8150, 8200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 8150-8199")
+
+
+@pytest.fixture(scope="module")
+def vllm_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if not (MODEL_DIR / "config.json").exists():
+        pytest.skip(f"model not prepared at {MODEL_DIR} (run `make setup`)")
+    port = _free_port()
+    tmp = tmp_path_factory.mktemp("vllm")
+    env = dict(
+        os.environ,
+        VLLM_TARGET_DEVICE="cpu",
+        HF_HUB_OFFLINE="1",
+        VLLM_CPU_KVCACHE_SPACE="1",
+        VLLM_CPU_NUM_OF_RESERVED_CPU="0",
+        TMPDIR=str(tmp),
+        VLLM_CACHE_ROOT=str(ROOT / ".cache" / "vllm"),
+    )
+    command = [
+        sys.executable, "-m", "service.vllm_main", "serve", str(MODEL_DIR), "--host", "127.0.0.1", "--port", str(port),
+        "--enforce-eager", "--max-model-len", "2048", "--served-model-name", MODEL,
+        "--logprobs-mode", "processed_logprobs", "--logits-processors", "filters.vllm_plugin:QuellLogitsProcessor",
+    ]  # fmt: skip
+    log_path = tmp / "vllm.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vLLM exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vLLM not ready after 240 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log_text = log_path.read_text(errors="replace")
+        assert "Traceback" not in log_text, log_text[-3000:]
+
+
+def chat(url: str, prompt: str, *, terms: list[str] | None = None, max_tokens: int = 48, **extra) -> httpx.Response:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": 0, "seed": 0, **extra}  # fmt: skip
+    if terms is not None:
+        body["vllm_xargs"] = {"quell_terms": terms}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=180)
+
+
+def text_of(response: httpx.Response) -> str:
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]["message"]["content"]
+
+
+def run_all(url: str, prompts: list[str], terms: list[str] | None, **extra) -> list[str]:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return [text_of(r) for r in pool.map(lambda p: chat(url, p, terms=terms, **extra), prompts)]
+
+
+def test_attacks_leak_without_terms_and_never_with_them(vllm_url: str) -> None:
+    control = run_all(vllm_url, ATTACKS, None)
+    leaked = [text for text in control if find_matches(AUTOMATON, text)]
+    assert len(leaked) >= len(ATTACKS) // 3, f"control leaked only {len(leaked)}; the test could not fail:\n{control}"
+
+    masked = run_all(vllm_url, ATTACKS, TERMS)
+    for prompt, text in zip(ATTACKS, masked):
+        assert find_matches(AUTOMATON, text) == [], f"{prompt!r} -> {text!r}"
+    assert all(text.strip() for text in masked), "masked answers should still say something"
+
+
+@pytest.mark.parametrize("max_tokens", [1, 2, 3, 4, 5, 6])
+def test_generation_cut_by_max_tokens_never_ends_on_a_term(vllm_url: str, max_tokens: int) -> None:
+    text = text_of(chat(vllm_url, "Repeat exactly: Spider-Man", terms=TERMS, max_tokens=max_tokens))
+    assert find_matches(AUTOMATON, text) == [], text
+
+
+def test_control_cut_by_max_tokens_does_end_on_a_term(vllm_url: str) -> None:
+    texts = [text_of(chat(vllm_url, "Repeat exactly: Spider-Man", max_tokens=n)) for n in range(1, 7)]
+    assert any(find_matches(AUTOMATON, text) for text in texts), texts
+
+
+def test_mixed_batch_masks_only_the_requests_with_terms(vllm_url: str) -> None:
+    prompts = ATTACKS[:4] * 2
+    jobs = [(prompt, TERMS if i % 2 == 0 else None) for i, prompt in enumerate(prompts)]
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        texts = list(pool.map(lambda job: text_of(chat(vllm_url, job[0], terms=job[1])), jobs))
+    masked = [text for (_, terms), text in zip(jobs, texts) if terms]
+    unmasked = [text for (_, terms), text in zip(jobs, texts) if not terms]
+    assert all(find_matches(AUTOMATON, text) == [] for text in masked), masked
+    assert any(find_matches(AUTOMATON, text) for text in unmasked), unmasked
+
+
+def test_streaming_with_terms_never_shows_a_term(vllm_url: str) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": ATTACKS[0]}], "max_tokens": 40,
+            "temperature": 0, "stream": True, "vllm_xargs": {"quell_terms": TERMS}}  # fmt: skip
+    pieces = []
+    with httpx.stream("POST", f"{vllm_url}/v1/chat/completions", json=body, timeout=180) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                delta = json.loads(line[6:])["choices"][0]["delta"]
+                pieces.append(delta.get("content") or "")
+    assert find_matches(AUTOMATON, "".join(pieces)) == []
+
+
+@pytest.mark.parametrize(
+    "terms, reason",
+    [
+        ("Spider-Man", "flat list of strings"),
+        (["Spider-Man", 3], "flat list of strings"),
+        ([["Spider-Man"]], "validation error"),  # vLLM's own schema refuses nested lists first
+        (["Spider-Man", "--"], "no letters or digits"),
+        ([""], "no letters or digits"),
+        ([f"t{i}x" for i in range(100_001)], "at most 100000"),
+        (["x" * 1_000_000] * 5, "bytes of text"),
+    ],
+)
+def test_malformed_terms_are_rejected_with_400(vllm_url: str, terms: object, reason: str) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+            "vllm_xargs": {"quell_terms": terms}}  # fmt: skip
+    response = httpx.post(f"{vllm_url}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    assert reason in response.text
+
+
+def test_server_still_serves_after_bad_requests(vllm_url: str) -> None:
+    assert text_of(chat(vllm_url, "Say hello.", terms=["Spider-Man"], max_tokens=8))
