@@ -16,6 +16,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -114,13 +115,32 @@ class ManagedVLLM:
             return
         log.info("stopping managed vLLM (pid %d)", proc.pid)
         _signal_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
         try:
             proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             log.warning("managed vLLM ignored SIGTERM for %.0f s; killing it", grace_s)
-        # Engine workers may outlive the server process briefly; the group goes in any case.
-        _signal_group(proc.pid, signal.SIGKILL)
+        # The engine core is a separate process in the group: give it the rest of the grace period, then kill.
+        while live_group_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if live_group_members(proc.pid):
+            _signal_group(proc.pid, signal.SIGKILL)
         proc.wait(timeout=5)
+        while live_group_members(proc.pid) and time.monotonic() < deadline + 5:
+            time.sleep(0.1)
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """PIDs in process group `pgid` that are still running (zombies excluded: they only wait to be reaped)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(stat.parent.name))
+    return out
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -61,15 +61,10 @@ def vllm_pids(port: int) -> list[int]:
 
 
 def processes_in_group(pgid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getpgid(int(entry.name)) == pgid:
-                    out.append(int(entry.name))
-            except ProcessLookupError:
-                pass
-    return out
+    """Running (not zombie) processes of a process group."""
+    from service.vllm_process import live_group_members
+
+    return live_group_members(pgid)
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:

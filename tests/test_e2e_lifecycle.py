@@ -27,7 +27,9 @@ def test_stop_leaves_no_vllm_and_no_tmp_files(tmp_path: Path, sig: signal.Signal
         assert len(processes_in_group(group)) >= 2  # the API server and its engine core
     finally:
         code = stop(proc, sig)
-    assert code == 0, log.read_text()[-2000:]
+    # uvicorn shuts down gracefully, then re-raises the signal it caught, so the exit status may be -sig.
+    assert code in (0, -sig), log.read_text()[-2000:]
+    assert "Application shutdown complete" in log.read_text()
     assert processes_in_group(group) == [], "managed vLLM processes outlived the gateway"
     new_tmp = {n for n in set(os.listdir("/tmp")) - tmp_before if not n.startswith("pytest-of-")}
     assert not new_tmp, f"stray files in /tmp: {sorted(new_tmp)}"
