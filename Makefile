@@ -37,3 +37,44 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) $(CACHE)
+
+# Test PostgreSQL for the audit-store tests (tests/test_audit.py): a throwaway cluster in .cache/pg on a loopback
+# port, trust authentication, never a production set-up. The server runs as the `postgres` system user when we are
+# root (postgres refuses root). `make pg-start` is idempotent (skips when the port already answers) and leaves the
+# server running for the next test run; `make pg-stop` stops it. Tests read its URL from QUELL_TEST_PG_URL.
+PG_PORT ?= 55432
+PG_DATA := $(CACHE)/pg
+PG_BIN = $(lastword $(sort $(wildcard /usr/lib/postgresql/*/bin)))
+PG_AS = $(if $(filter 0,$(shell id -u)),runuser -u postgres --,)
+export QUELL_TEST_PG_URL ?= postgresql+psycopg://quell@127.0.0.1:$(PG_PORT)/quell_test
+
+.PHONY: pg-install pg-start pg-stop
+test: pg-start
+
+pg-install:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	  else echo "pg-install: PostgreSQL server missing; install it: sudo apt-get install postgresql" >&2; exit 1; fi; \
+	fi
+
+pg-start: pg-install
+	@set -e; \
+	if $(PG_BIN)/pg_isready -q -h 127.0.0.1 -p $(PG_PORT); then \
+	  echo "pg-start: PostgreSQL already answering on 127.0.0.1:$(PG_PORT)"; \
+	else \
+	  mkdir -p $(PG_DATA); chmod 700 $(PG_DATA); \
+	  if [ -n "$(PG_AS)" ]; then chown postgres:postgres $(PG_DATA); fi; \
+	  if [ ! -f $(PG_DATA)/PG_VERSION ]; then \
+	    $(PG_AS) $(PG_BIN)/initdb -D $(PG_DATA) -U quell --auth=trust -E UTF8 --no-locale >/dev/null; \
+	  fi; \
+	  $(PG_AS) $(PG_BIN)/pg_ctl -D $(PG_DATA) -l $(PG_DATA)/server.log -w -t 60 \
+	    -o "-c listen_addresses=127.0.0.1 -p $(PG_PORT) -k $(abspath $(PG_DATA))" start >/dev/null; \
+	  echo "pg-start: PostgreSQL on 127.0.0.1:$(PG_PORT), data in $(PG_DATA) (stop it with make pg-stop)"; \
+	fi; \
+	$(PG_BIN)/psql -h 127.0.0.1 -p $(PG_PORT) -U quell -d postgres -tAc \
+	  "SELECT 1 FROM pg_database WHERE datname = 'quell_test'" | grep -q 1 \
+	  || $(PG_BIN)/createdb -h 127.0.0.1 -p $(PG_PORT) -U quell quell_test
+
+pg-stop:
+	@if [ -f $(PG_DATA)/postmaster.pid ]; then $(PG_AS) $(PG_BIN)/pg_ctl -D $(PG_DATA) -m fast -w stop; \
+	else echo "pg-stop: no server running from $(PG_DATA)"; fi
