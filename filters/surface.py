@@ -22,12 +22,12 @@ class TermRule:
 class SurfaceLayer:
     """All terms of the given policies (those that apply to `direction`), compiled into one automaton."""
 
-    def __init__(self, policies: Sequence[Policy], direction: str = "output"):
+    def __init__(self, policies: Sequence[Policy], direction: str | None = "output"):
         self._rules: dict[str, list[TermRule]] = {}
         terms: list[str] = []
         mask: list[str] = []
         for policy in policies:
-            if direction not in policy.applies_to:
+            if direction is not None and direction not in policy.applies_to:
                 continue
             for target in policy.targets:
                 rule = TermRule(policy.ref, target.id, target.on_surface, policy.refusal)

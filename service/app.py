@@ -11,7 +11,9 @@ from fastapi import FastAPI
 
 from service.backend import Backend
 from service.errors import install_error_handlers
+from service.auth import KeyRing, exposure_problem
 from service.policy_registry import PolicyRegistry
+from service.policy_registry import watch as watch_policies
 from service.settings import DecodeMask, Settings
 from service.vllm_process import ManagedVLLM
 
@@ -25,6 +27,7 @@ class Gateway:
     settings: Settings
     registry: PolicyRegistry
     backend: Backend
+    keys: KeyRing
     managed: ManagedVLLM | None = None
     decode_mask: bool = False
     connected: bool = False
@@ -65,6 +68,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        keys = KeyRing.load(settings.keys_file, settings.api_keys)
+        problem = exposure_problem(settings.host, keys)
+        if problem:
+            raise RuntimeError(problem)
+        if keys.empty:
+            log.warning("NO CLIENT KEYS CONFIGURED: open gateway, serving on loopback only (%s). Set QUELL_KEYS_FILE "
+                        "or QUELL_API_KEYS before exposing it.", settings.host)  # fmt: skip
+        if settings.admin_token is None:
+            log.warning("QUELL_ADMIN_TOKEN unset: the admin API (/admin) answers 401 to everyone")
         registry = PolicyRegistry(settings.policies)
         snapshot = registry.reload()
         log.info("policies: %s", ", ".join(lp.policy.ref for lp in snapshot.policies.values()) or "none")
@@ -76,9 +88,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             managed.start()
             url = managed.url
         backend = Backend(url, settings.backend_api_key, settings.backend_timeout_s)
-        gateway = Gateway(settings, registry, backend, managed)
+        gateway = Gateway(settings, registry, backend, keys, managed)
         app.state.gateway = gateway
         gateway._tasks.append(asyncio.create_task(gateway.connect_backend()))
+        if settings.policies.is_dir():
+            gateway._tasks.append(asyncio.create_task(watch_policies(registry, settings.reload_debounce_ms)))
         try:
             yield
         finally:
@@ -90,8 +104,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="Quell", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    from service.routes import health, openai
+    from service.routes import admin, health, openai
 
     app.include_router(health.router)
     app.include_router(openai.router)
+    app.include_router(admin.router)
     return app

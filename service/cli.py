@@ -41,7 +41,16 @@ def serve(
     overrides = {k: v for k, v in
                  {"policies": policies, "host": host, "port": port, "backend_url": backend_url}.items()
                  if v is not None}  # fmt: skip
+    from service.auth import KeyRing, exposure_problem
+
     settings = Settings(**overrides)
+    try:
+        problem = exposure_problem(settings.host, KeyRing.load(settings.keys_file, settings.api_keys))
+    except ValueError as exc:
+        problem = str(exc)
+    if problem:
+        err_console.print(f"[red]error[/]: {problem}")
+        raise typer.Exit(2)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per backend call is noise
     backend = settings.backend_url or f"managed vLLM on 127.0.0.1:{settings.vllm_port} (starting, ~30 s)"

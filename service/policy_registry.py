@@ -6,11 +6,13 @@ a request in flight.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from filters.policy import Policy
@@ -32,18 +34,15 @@ class PolicySnapshot:
     policies: dict[str, LoadedPolicy]
     errors: dict[Path, tuple[PolicyIssue, ...]] = field(default_factory=dict)
 
-    def defaults(self) -> list[Policy]:
-        return [lp.policy for lp in self.policies.values() if lp.policy.default]
+    def default_ids(self) -> list[str]:
+        return [pid for pid, lp in self.policies.items() if lp.policy.default]
 
-    def select(self, ids: list[str] | None = None) -> list[Policy]:
-        """Default policies plus the named ones; unknown ids raise KeyError naming them."""
-        chosen = {p.id: p for p in self.defaults()}
-        missing = [i for i in ids or [] if i not in self.policies]
+    def select(self, ids: Sequence[str]) -> list[Policy]:
+        """The named policies, each once, in order; unknown ids raise KeyError naming them all."""
+        missing = [i for i in ids if i not in self.policies]
         if missing:
             raise KeyError(", ".join(missing))
-        for i in ids or []:
-            chosen[i] = self.policies[i].policy
-        return list(chosen.values())
+        return [self.policies[i].policy for i in dict.fromkeys(ids)]
 
 
 _SURFACE_CACHE: OrderedDict[tuple[tuple[str, ...], str], SurfaceLayer] = OrderedDict()
@@ -65,10 +64,11 @@ def surface_layer(policies: list[Policy], direction: str = "output") -> SurfaceL
 
 
 class PolicyRegistry:
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, on_reload: Callable[[PolicySnapshot], None] | None = None):
         self.directory = directory
         self._lock = threading.Lock()
         self._snapshot = PolicySnapshot({})
+        self._on_reload = on_reload
 
     @property
     def snapshot(self) -> PolicySnapshot:
@@ -97,4 +97,22 @@ class PolicyRegistry:
             for pid in old.keys() - policies.keys():
                 log.info("policy removed: %s", old[pid].policy.ref)
             self._snapshot = PolicySnapshot(policies, {p: tuple(i) for p, i in result.errors.items()})
+            if self._on_reload is not None:
+                self._on_reload(self._snapshot)
             return self._snapshot
+
+    def file_for(self, policy_id: str) -> Path:
+        """Where a policy lives (or would live if new)."""
+        loaded = self._snapshot.policies.get(policy_id)
+        return loaded.file if loaded is not None else self.directory / f"{policy_id}.yaml"
+
+
+async def watch(registry: PolicyRegistry, debounce_ms: int) -> None:
+    """Reload whenever the directory changes (also a Kubernetes ConfigMap's atomic `..data` symlink swap)."""
+    from watchfiles import awatch
+
+    async for _changes in awatch(registry.directory, debounce=debounce_ms, step=50):
+        try:
+            await asyncio.to_thread(registry.reload)
+        except Exception:  # a reload must never kill the watcher
+            log.exception("policy reload failed; last good policies stay active")

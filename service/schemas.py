@@ -24,6 +24,13 @@ class ChatMessage(_Passthrough):
     content: str | list[dict[str, Any]] | None = None
 
 
+class QuellOptions(BaseModel):
+    """Quell's own request options (`extra_body={"quell": {...}}` in the openai SDK); never sent to the backend."""
+
+    model_config = ConfigDict(extra="forbid")
+    policies: list[str] = Field(default_factory=list, description="policy ids to add to the key's defaults")
+
+
 class _Sampling(_Passthrough):
     model: str = Field(min_length=1)
     stream: bool = False
@@ -36,6 +43,7 @@ class _Sampling(_Passthrough):
     stop: str | list[str] | None = None
     logprobs: bool | int | None = None
     vllm_xargs: dict[str, Any] | None = None
+    quell: QuellOptions | None = None
 
 
 class ChatCompletionRequest(_Sampling):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,5 +40,13 @@ class Settings(BaseSettings):
     decode_mask: DecodeMask = DecodeMask.AUTO
     text_backstop: bool = True
     """The gateway's own streaming matcher on every response; turn off only to measure the decode mask alone."""
+
+    admin_token: SecretStr | None = None
+    """Operator token for /admin (Bearer). Unset: the admin API answers 401 to everyone."""
+    keys_file: Path | None = None
+    """YAML file of client API keys and their tenants (see README "Keys and tenants")."""
+    api_keys: str | None = None
+    """Client keys in the environment: comma-separated `key` or `key:tenant`; tenants get the default policies."""
+    reload_debounce_ms: int = Field(300, ge=0)
 
     log_level: str = "info"

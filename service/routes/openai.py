@@ -2,40 +2,71 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
+from fastapi import APIRouter, Header
+
+from filters.policy import Policy
+from service.auth import Tenant
 from service.completions import GuardedRequest, Kind, respond_json, respond_stream
-from service.deps import GatewayDep
+from service.deps import GatewayDep, TenantDep
 from service.errors import APIError, backend_unavailable
+from service.policy_registry import PolicySnapshot
 from service.schemas import ChatCompletionRequest, CompletionRequest
 
 router = APIRouter(tags=["openai"])
+PoliciesHeader = Annotated[str | None, Header(alias="x-quell-policies", description="extra policy ids, comma-separated")]
 
 
 @router.get("/v1/models")
-async def list_models(gateway: GatewayDep) -> dict:
+async def list_models(gateway: GatewayDep, _: TenantDep) -> dict:
     return await gateway.backend.models_payload()
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, gateway: GatewayDep):
-    return await _complete("chat", body.model_dump(exclude_unset=True), gateway)
+async def chat_completions(body: ChatCompletionRequest, gateway: GatewayDep, tenant: TenantDep,
+                           x_quell_policies: PoliciesHeader = None):  # fmt: skip
+    return await _complete("chat", body, gateway, tenant, x_quell_policies)
 
 
 @router.post("/v1/completions")
-async def completions(body: CompletionRequest, gateway: GatewayDep):
-    return await _complete("completion", body.model_dump(exclude_unset=True), gateway)
+async def completions(body: CompletionRequest, gateway: GatewayDep, tenant: TenantDep,
+                      x_quell_policies: PoliciesHeader = None):  # fmt: skip
+    return await _complete("completion", body, gateway, tenant, x_quell_policies)
 
 
-async def _complete(kind: Kind, body: dict, gateway: GatewayDep):
+def select_policies(snapshot: PolicySnapshot, tenant: Tenant, requested: list[str]) -> list[Policy]:
+    """The tenant's policies (or the defaults) plus the ones the request adds, if the tenant may add them."""
+    unknown = [i for i in requested if i not in snapshot.policies]
+    if unknown:
+        raise APIError(400, f"unknown policy id(s): {', '.join(unknown)}", param="quell.policies",
+                       code="unknown_policy")  # fmt: skip
+    refused = [i for i in requested if not tenant.may_add_policy(i)]
+    if refused:
+        raise APIError(403, f"this API key may not add policy id(s): {', '.join(refused)}", param="quell.policies",
+                       type="permission_error", code="policy_not_allowed")  # fmt: skip
+    base = list(tenant.policies) if tenant.policies is not None else snapshot.default_ids()
+    try:
+        return snapshot.select(base + requested)
+    except KeyError as exc:  # the operator configured a tenant with a policy that is not loaded: fail closed
+        raise APIError(500, f"policy {exc.args[0]} configured for tenant {tenant.id!r} is not loaded",
+                       type="server_error", code="policy_not_loaded") from None  # fmt: skip
+
+
+async def _complete(kind: Kind, request: ChatCompletionRequest | CompletionRequest, gateway: GatewayDep,
+                    tenant: Tenant, header_policies: str | None):  # fmt: skip
+    requested = [p.strip() for p in (header_policies or "").split(",") if p.strip()]
+    if request.quell is not None:
+        requested += request.quell.policies
+    policies = select_policies(gateway.registry.snapshot, tenant, requested)
     if not gateway.connected:
         raise backend_unavailable(gateway.backend_error or "still starting (see /readyz)")
     models = await gateway.backend.models()
-    if body["model"] not in models:
-        raise APIError(404, f"model {body['model']!r} does not exist; available: {', '.join(models)}",
+    if request.model not in models:
+        raise APIError(404, f"model {request.model!r} does not exist; available: {', '.join(models)}",
                        param="model", code="model_not_found")  # fmt: skip
-    policies = gateway.registry.snapshot.select()
+    body = request.model_dump(exclude_unset=True, exclude={"quell"})
     req = GuardedRequest(kind, body, policies, gateway.decode_mask, gateway.settings.text_backstop)
-    if body.get("stream"):
+    if request.stream:
         return await respond_stream(gateway.backend, req)
     return await respond_json(gateway.backend, req)

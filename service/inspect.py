@@ -1,0 +1,29 @@
+"""Run the text-level layers of some policies on a piece of text (moderations, admin tests, the CLI)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from filters.decision import Decision, Layer
+from filters.policy import Policy
+from filters.surface import SurfaceLayer
+from filters.text_matcher import find_matches
+
+if TYPE_CHECKING:
+    from service.app import Gateway
+
+
+def surface_decisions(policies: Sequence[Policy], text: str) -> list[Decision]:
+    layer = SurfaceLayer(policies, None)  # every direction: this inspects text, not a response
+    if layer.automaton is None:
+        return []
+    out = []
+    for m in find_matches(layer.automaton, text):
+        rule = layer.strongest(m.term)
+        out.append(Decision(rule.policy_ref, rule.target_id, Layer.SURFACE, rule.action.value, 1.0, m.start, m.end))
+    return out
+
+
+async def inspect_text(gateway: Gateway | None, policies: Sequence[Policy], text: str) -> list[Decision]:
+    return surface_decisions(policies, text)

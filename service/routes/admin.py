@@ -1,0 +1,135 @@
+"""Operator routes (Bearer $QUELL_ADMIN_TOKEN): inspect, validate, test, write and reload policies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from filters.policy import Policy
+from filters.policy_loader import PolicyError, PolicyIssue, parse_policy
+from service.deps import GatewayDep, OperatorDep
+from service.errors import APIError
+from service.inspect import inspect_text
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[OperatorDep])
+_write_lock = asyncio.Lock()
+
+YamlBody = Annotated[str, Body(media_type="application/yaml", description="one policy as YAML")]
+
+
+class TestRequest(BaseModel):
+    text: str = Field(min_length=1, max_length=200_000)
+
+
+def _issues(issues: list[PolicyIssue] | tuple[PolicyIssue, ...]) -> list[dict]:
+    return [{"file": i.file, "line": i.line, "field": i.field, "message": i.message} for i in issues]
+
+
+def _summary(policy: Policy) -> dict:
+    return {
+        "id": policy.id, "version": policy.version, "digest": policy.digest, "default": policy.default,
+        "applies_to": policy.applies_to,
+        "targets": [{"id": t.id, "terms": len(t.terms), "concept": t.concept is not None,
+                     "on_surface": t.on_surface.value, "on_concept": t.on_concept.value} for t in policy.targets],
+    }  # fmt: skip
+
+
+async def _yaml_text(request: Request) -> str:
+    raw = await request.body()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise APIError(400, "policy body must be UTF-8 YAML", param="body") from None
+
+
+@router.get("/policies")
+async def list_policies(gateway: GatewayDep) -> dict:
+    snap = gateway.registry.snapshot
+    stale = {str(path) for path in snap.errors}
+    items = [
+        {"id": pid, "version": lp.policy.version, "loaded_at": lp.loaded_at.isoformat(), "file": str(lp.file),
+         "status": "stale" if str(lp.file) in stale else "active",
+         "errors": _issues(snap.errors.get(lp.file, ()))}
+        for pid, lp in snap.policies.items()
+    ]  # fmt: skip
+    broken = [{"file": str(path), "status": "rejected", "errors": _issues(issues)}
+              for path, issues in snap.errors.items() if not any(str(lp.file) == str(path)
+                                                                  for lp in snap.policies.values())]  # fmt: skip
+    return {"data": items, "rejected": broken}
+
+
+@router.get("/policies/{policy_id}")
+async def get_policy(policy_id: str, gateway: GatewayDep) -> dict:
+    loaded = gateway.registry.snapshot.policies.get(policy_id)
+    if loaded is None:
+        raise APIError(404, f"no policy {policy_id!r}", param="policy_id", code="unknown_policy")
+    return {**_summary(loaded.policy), "file": str(loaded.file), "loaded_at": loaded.loaded_at.isoformat(),
+            "policy": loaded.policy.model_dump(mode="json")}  # fmt: skip
+
+
+@router.post("/policies:validate")
+async def validate_policy(request: Request, _body: YamlBody = "") -> JSONResponse:
+    try:
+        policy = parse_policy(await _yaml_text(request), "<request>")
+    except PolicyError as exc:
+        return JSONResponse({"valid": False, "errors": _issues(exc.issues)}, status_code=422)
+    return JSONResponse({"valid": True, "policy": _summary(policy)})
+
+
+@router.post("/policies/{policy_id}:test")
+async def test_policy(policy_id: str, body: TestRequest, gateway: GatewayDep) -> dict:
+    loaded = gateway.registry.snapshot.policies.get(policy_id)
+    if loaded is None:
+        raise APIError(404, f"no policy {policy_id!r}", param="policy_id", code="unknown_policy")
+    decisions = await inspect_text(gateway, [loaded.policy], body.text)
+    return {"policy": loaded.policy.ref, "fired": bool(decisions), "detections": [d.as_dict() for d in decisions]}
+
+
+@router.put("/policies/{policy_id}")
+async def put_policy(policy_id: str, request: Request, gateway: GatewayDep, _body: YamlBody = "") -> JSONResponse:
+    text = await _yaml_text(request)
+    try:
+        policy = parse_policy(text, f"PUT /admin/policies/{policy_id}")
+    except PolicyError as exc:
+        return JSONResponse({"valid": False, "errors": _issues(exc.issues)}, status_code=422)
+    if policy.id != policy_id:
+        issue = PolicyIssue("<request>", 1, "id", f"the body says id {policy.id!r} but the URL says {policy_id!r}")
+        return JSONResponse({"valid": False, "errors": _issues([issue])}, status_code=422)
+    async with _write_lock:  # one writer at a time in this process; rename is atomic across processes anyway
+        path = gateway.registry.file_for(policy_id)
+        try:
+            await asyncio.to_thread(_atomic_write, path, text)
+        except OSError as exc:
+            raise APIError(409, f"cannot write {path}: {exc.strerror} (a read-only mount such as a ConfigMap? "
+                                "edit the source instead)", code="policies_read_only") from None  # fmt: skip
+        snapshot = await asyncio.to_thread(gateway.registry.reload)
+    live = snapshot.policies.get(policy_id)
+    return JSONResponse({"valid": True, "policy": _summary(policy), "file": str(path),
+                         "active_version": live.policy.version if live else None})  # fmt: skip
+
+
+@router.post("/reload")
+async def reload_policies(gateway: GatewayDep) -> dict:
+    snapshot = await asyncio.to_thread(gateway.registry.reload)
+    return {"policies": [lp.policy.ref for lp in snapshot.policies.values()],
+            "errors": [e for issues in snapshot.errors.values() for e in _issues(issues)]}  # fmt: skip
+
+
+def _atomic_write(path, text: str) -> None:
+    """Write to a temp file in the same directory, fsync, rename over the target: readers see old or new, never half."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
