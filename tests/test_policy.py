@@ -94,3 +94,21 @@ def test_cli_validate_ok_and_errors(tmp_path: Path) -> None:
     assert f"{bad}:5: targets[0].on_surface" in res.stdout.replace("\n", "")
     missing = subprocess.run([QUELL, "policy", "validate", str(tmp_path / "nope")], capture_output=True, text=True)
     assert missing.returncode == 2
+
+
+def test_cli_policy_test_exit_codes_and_spans() -> None:
+    policy = str(ROOT / "policies" / "spiderman.yaml")
+    fired = subprocess.run([QUELL, "policy", "test", policy, "I met s.p.i.d.e.r.m.a.n yesterday"],
+                           capture_output=True, text=True, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert fired.returncode == 1 and "6-23" in fired.stdout and "spider-man" in fired.stdout
+    quiet = subprocess.run([QUELL, "policy", "test", policy], input="The spider managed a web.", capture_output=True,
+                           text=True)  # fmt: skip
+    assert quiet.returncode == 0 and "nothing fired" in quiet.stdout
+
+
+def test_cli_policy_list_flags_broken_files(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(GOOD)
+    (tmp_path / "b.yaml").write_text("id: b\ntargets: []\n")
+    res = subprocess.run([QUELL, "policy", "list", str(tmp_path)], capture_output=True, text=True,
+                         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert res.returncode == 1 and "demo" in res.stdout and "b.yaml:2: targets" in res.stdout
