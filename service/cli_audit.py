@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 DEFAULT_URL = "sqlite:///.cache/audit.db"
 EXIT_NO_MATCH, EXIT_BAD_INPUT, EXIT_UNAVAILABLE = 1, 2, 3
 
-console = Console()
-err_console = Console(stderr=True)
 
 
 def audit(
@@ -30,6 +29,7 @@ def audit(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line instead of a table")] = False,
 ) -> None:
     """Show suppression decisions from the audit store (exit 1 when none matched, 3 when the store can't be read)."""
+    console, err_console = Console(), Console(stderr=True)
     import sqlalchemy as sa
     from sqlalchemy.engine import make_url
 
@@ -85,17 +85,16 @@ def _reason(exc: Exception) -> str:
 
 def _table(events, source: str) -> Table:
     show_text = any(e.text_hash or e.snippet for e in events)
-    table = Table(title=f"{len(events)} audit event(s), newest first", caption=source, title_justify="left")
+    table = Table(title=f"{len(events)} audit event(s), newest first", caption=source, title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
     table.add_column("time (UTC)", no_wrap=True)
-    table.add_column("request")
-    table.add_column("tenant")
-    table.add_column("policy")
-    table.add_column("target")
-    table.add_column("layer")
-    table.add_column("action")
-    table.add_column("score", justify="right")
+    for name, min_width in (("request", 10), ("tenant", 6), ("policy", 12), ("target", 8)):
+        table.add_column(name, overflow="fold", min_width=min_width)  # long ids wrap, never cut
+    for name in ("layer", "action"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
     if show_text:
-        table.add_column("text")
+        table.add_column("text", overflow="fold")
     for e in events:
         row = [e.time.strftime("%Y-%m-%d %H:%M:%S"), e.request_id, e.tenant or "-", e.policy_ref, e.target_id,
                e.layer, e.action, f"{e.score:.3f}"]  # fmt: skip
