@@ -1,0 +1,160 @@
+"""Decode throughput with the plugin at 10, 1,000 and 10,000 terms, as a ratio to requests without terms.
+
+Run: .venv/bin/python -m bench.decode_mask [--port 8160] [--tokens 200]
+One vLLM (CPU build, plugin loaded) serves every configuration in the same run. The baseline is a request without
+`quell_terms` on the same server (the plugin is loaded but leaves it untouched). Each configuration runs a cold pass
+(masks not cached yet) and a warm pass (same prompts again); configurations are interleaved with the baseline and
+repeated (`--repeats`) because the host is shared, and the median ratio is printed. It also replays the generated
+token ids through `TokenMasks`/`Cursor` plus one `masked_fill_` in-process: the plugin's own CPU time per decode step,
+which does not depend on what else runs on the host. Prints numbers only; no assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from bench.compile import synthetic_terms
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_DIR = ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct"
+MODEL = "SmolLM2-135M-Instruct"
+TARGETS = ["Spider-Man", "Harry Potter", "Pikachu", "Batman", "Mickey Mouse"]
+PROMPTS = ["Tell me a long story about a dragon.", "Explain how rivers form.", "Describe a busy market in Paris.",
+           "Write a letter to a friend about winter.", "List facts about the moon.", "Tell me about Spider-Man.",
+           "Describe your favourite meal.", "Explain photosynthesis to a child."]  # fmt: skip
+
+
+@contextlib.contextmanager
+def vllm_server(port: int) -> Iterator[str]:
+    """Start the managed vLLM with the plugin; kill its whole process group on exit."""
+    env = dict(os.environ, VLLM_TARGET_DEVICE="cpu", HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1",
+               VLLM_CPU_NUM_OF_RESERVED_CPU="0", TMPDIR=str(ROOT / ".cache" / "tmp"),
+               VLLM_CACHE_ROOT=str(ROOT / ".cache" / "vllm"))  # fmt: skip
+    (ROOT / ".cache" / "tmp").mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "service.vllm_main", "serve", str(MODEL_DIR), "--host", "127.0.0.1",
+               "--port", str(port), "--enforce-eager", "--max-model-len", "2048", "--served-model-name", MODEL,
+               "--logprobs-mode", "processed_logprobs",
+               "--logits-processors", "filters.vllm_plugin:QuellLogitsProcessor"]  # fmt: skip
+    log = open(ROOT / ".cache" / "tmp" / f"bench-vllm-{port}.log", "wb")
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"vLLM exited with {process.returncode}; see {log.name}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vLLM not ready after 240 s; see {log.name}")
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def complete(url: str, prompt: str, tokens: int, terms: list[str] | None) -> int:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
+            "min_tokens": tokens, "ignore_eos": True, "temperature": 0}  # fmt: skip
+    if terms:
+        body["vllm_xargs"] = {"quell_terms": terms}
+    response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600)
+    response.raise_for_status()
+    return response.json()["usage"]["completion_tokens"]
+
+
+def throughput(url: str, prompts: list[str], tokens: int, terms: list[str] | None) -> float:
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
+        produced = sum(pool.map(lambda p: complete(url, p, tokens, terms), prompts))
+    return produced / (time.perf_counter() - t0)
+
+
+def generated_ids(url: str, prompt: str, tokens: int) -> list[int]:
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "return_token_ids": True}
+    response = httpx.post(f"{url}/v1/completions", json=body, timeout=600)
+    response.raise_for_status()
+    return response.json()["choices"][0]["token_ids"]
+
+
+def plugin_cost(term_sets: dict[int, list[str]], sequences: list[list[int]]) -> None:
+    """Per-step CPU time of what the plugin does per request: advance the cursor, look up/compute the mask, fill."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from filters.automaton import TermAutomaton
+    from filters.token_mask import Cursor, TokenMasks
+    from filters.vocab import VocabularyIndex
+
+    vocab = VocabularyIndex.from_hf_tokenizer(AutoTokenizer.from_pretrained(str(MODEL_DIR)))
+    logits = torch.zeros(vocab.size)
+    for count, terms in term_sets.items():
+        masks = TokenMasks(TermAutomaton(terms), vocab)
+        for label in ("cold", "warm"):
+            steps = []
+            for ids in sequences:
+                cursor = Cursor(masks.automaton, vocab)
+                for token in ids:
+                    t0 = time.perf_counter()
+                    cursor.advance(token)
+                    logits.masked_fill_(torch.from_numpy(masks.banned(cursor.state, cursor.tail)), -float("inf"))
+                    steps.append(time.perf_counter() - t0)
+            steps.sort()
+            print(f"plugin CPU per step, {count:>6} terms, {label}: mean {sum(steps) / len(steps) * 1e3:.2f} ms, "
+                  f"p50 {steps[len(steps) // 2] * 1e3:.3f} ms, p99 {steps[int(len(steps) * 0.99)] * 1e3:.1f} ms, "
+                  f"max {steps[-1] * 1e3:.1f} ms over {len(steps)} steps", flush=True)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=8160)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    term_sets = {count: TARGETS + synthetic_terms(count - len(TARGETS), seed=count) for count in (10, 1_000, 10_000)}
+    with vllm_server(args.port) as url:
+        complete(url, "Hello", 8, None)  # warm-up
+        sequences = [generated_ids(url, prompt, args.tokens) for prompt in PROMPTS[:4]]
+        for label, prompts in (("single", PROMPTS[:1]), ("8 concurrent", PROMPTS)):
+            for count, terms in term_sets.items():
+                cold_ratios, warm_ratios, bases = [], [], []
+                for repeat in range(args.repeats):
+                    base = throughput(url, prompts, args.tokens, None)
+                    # a fresh term set per repeat (one extra term) makes the first pass cold again
+                    fresh = terms + [f"Zzcold{repeat}x"]
+                    cold = throughput(url, prompts, args.tokens, fresh)
+                    warm = throughput(url, prompts, args.tokens, fresh)
+                    bases.append(base)
+                    cold_ratios.append(cold / base)
+                    warm_ratios.append(warm / base)
+                print(f"{label}: {count:>6} terms: baseline {statistics.median(bases):.1f} tok/s; ratio to baseline "
+                      f"cold {statistics.median(cold_ratios):.3f} {_fmt(cold_ratios)}, "
+                      f"warm {statistics.median(warm_ratios):.3f} {_fmt(warm_ratios)}", flush=True)  # fmt: skip
+    plugin_cost(term_sets, sequences)
+
+
+def _fmt(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
+
+
+if __name__ == "__main__":
+    main()
