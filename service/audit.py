@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import threading
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -188,17 +189,23 @@ def _safe(url: str) -> str:
         return "<unparseable URL>"
 
 
+_MIGRATE_LOCK = threading.Lock()
+"""Alembic's `context` is process-global: one migration at a time per process."""
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (idempotent). On PostgreSQL, replicas starting together take
-    turns under an advisory lock."""
+    """Bring the schema to the newest Alembic revision (idempotent). Gateways starting together take turns: under
+    an advisory lock on PostgreSQL, under a write lock (BEGIN IMMEDIATE) on SQLite."""
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
+    with _MIGRATE_LOCK, engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('quell_audit_migrate'))"))
+        elif conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # pysqlite would otherwise run the DDL outside a transaction
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -20,7 +22,7 @@ from filters.decision import Decision, Layer
 from service.audit import VERSION_TABLE, AuditEvent, AuditLog, AuditStoreError, make_engine, parse_since
 from service.cli_audit import EXIT_BAD_INPUT, EXIT_NO_MATCH, EXIT_UNAVAILABLE, audit
 from service.metrics import Metrics
-from tests.procs import free_port
+from tests.procs import ROOT, free_port
 
 PG_URL = os.environ.get("QUELL_TEST_PG_URL")
 FAST_RETRY = {"retry_initial_s": 0.02, "retry_max_s": 0.1}
@@ -162,6 +164,26 @@ def test_start_migrates_an_empty_database_and_again_is_a_no_op(store_url: str) -
             engine.dispose()
 
     run(go)
+
+
+def test_gateways_starting_together_migrate_once(store_url: str) -> None:
+    """Replicas start at the same time: separate processes, each migrating the same empty database."""
+    code = ("import asyncio, sys; from service.audit import AuditLog\n"
+            "async def go():\n    log = AuditLog(sys.argv[1]); await log.start(); await log.aclose()\n"
+            "    sys.exit(0 if log.last_error is None else log.last_error)\n"
+            "asyncio.run(go())")  # fmt: skip
+    procs = [subprocess.Popen([sys.executable, "-c", code, store_url], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]  # fmt: skip
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+
+    async def again() -> None:
+        log = AuditLog(store_url)
+        await log.start()
+        await log.aclose()
+        assert log.last_error is None
+
+    run(again)
 
 
 @pytest.mark.parametrize("url", ["nosuchdialect://x/y", "postgresql+nosuchdriver://h/db", "not a url"])
