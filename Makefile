@@ -40,10 +40,14 @@ clean:
 
 # Test PostgreSQL for the audit-store tests (tests/test_audit.py): a throwaway cluster in .cache/pg on a loopback
 # port, trust authentication, never a production set-up. The server runs as the `postgres` system user when we are
-# root (postgres refuses root). `make pg-start` is idempotent (skips when the port already answers) and leaves the
-# server running for the next test run; `make pg-stop` stops it. Tests read its URL from QUELL_TEST_PG_URL.
+# root (postgres refuses root); if that user cannot reach this folder (a parent not world-searchable), the data goes
+# to /var/tmp instead. `make pg-start` is idempotent (skips when the port already answers) and leaves the server
+# running for the next test run; `make pg-stop` stops it. Tests read its URL from QUELL_TEST_PG_URL.
 PG_PORT ?= 55432
-PG_DATA := $(CACHE)/pg
+ifndef PG_DATA
+PG_DATA := $(shell if [ "$$(id -u)" = 0 ] && ! runuser -u postgres -- test -x $(CURDIR) 2>/dev/null; \
+  then echo /var/tmp/quell-pg-$(PG_PORT); else echo $(CACHE)/pg; fi)
+endif
 PG_BIN = $(lastword $(sort $(wildcard /usr/lib/postgresql/*/bin)))
 PG_AS = $(if $(filter 0,$(shell id -u)),runuser -u postgres --,)
 export QUELL_TEST_PG_URL ?= postgresql+psycopg://quell@127.0.0.1:$(PG_PORT)/quell_test
@@ -62,7 +66,7 @@ pg-start: pg-install
 	if $(PG_BIN)/pg_isready -q -h 127.0.0.1 -p $(PG_PORT); then \
 	  echo "pg-start: PostgreSQL already answering on 127.0.0.1:$(PG_PORT)"; \
 	else \
-	  mkdir -p $(PG_DATA); chmod 700 $(PG_DATA); \
+	  mkdir -p $(CACHE) $(PG_DATA); chmod 700 $(PG_DATA); \
 	  if [ -n "$(PG_AS)" ]; then chown postgres:postgres $(PG_DATA); fi; \
 	  if [ ! -f $(PG_DATA)/PG_VERSION ]; then \
 	    $(PG_AS) $(PG_BIN)/initdb -D $(PG_DATA) -U quell --auth=trust -E UTF8 --no-locale >/dev/null; \
