@@ -87,11 +87,9 @@ def _table(events, source: str) -> Table:
     show_text = any(e.text_hash or e.snippet for e in events)
     table = Table(title=f"{len(events)} audit event(s), newest first", caption=source, title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
-    table.add_column("time (UTC)", no_wrap=True)
-    for name, min_width in (("request", 10), ("tenant", 6), ("policy", 12), ("target", 8)):
-        table.add_column(name, overflow="fold", min_width=min_width)  # long ids wrap, never cut
-    for name in ("layer", "action"):
-        table.add_column(name, no_wrap=True)
+    table.add_column("time (UTC)", min_width=10)  # wraps between date and time when narrow
+    for name in ("request", "tenant", "policy", "target", "layer", "action"):
+        table.add_column(name, overflow="fold")  # long ids wrap on narrow terminals, never cut
     table.add_column("score", justify="right", no_wrap=True)
     if show_text:
         table.add_column("text", overflow="fold")
