@@ -282,6 +282,11 @@ class AuditLog:
             log.error("audit store %s unavailable at start-up (events will wait in the queue): %s",
                       self.url, self.last_error)  # fmt: skip
         self._task = asyncio.create_task(self._run(), name="quell-audit-writer")
+        self._task.add_done_callback(self._writer_ended)
+
+    def _writer_ended(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:  # a bug: say so, events now only pile up
+            log.error("audit writer crashed; %d event(s) queued", len(self._queue), exc_info=task.exception())
 
     def record(self, events: Iterable[AuditEvent]) -> int:
         """Queue events for writing; returns how many were accepted. Never blocks, never raises."""
@@ -295,11 +300,14 @@ class AuditLog:
                 else:
                     self._queue.append(event)
                     accepted += 1
-            if accepted:
-                self._wake.set()
-                self._gauge()
         except Exception:  # a broken iterable or metric must not fail the response being served
             log.exception("audit record failed")
+        if accepted:
+            self._wake.set()
+            try:
+                self._gauge()
+            except Exception:
+                log.exception("audit queue gauge failed")
         return accepted
 
     async def query(self, *, since: datetime | None = None, policy: str | None = None,
