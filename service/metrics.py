@@ -32,6 +32,7 @@ LAYER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 BACKEND_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 """Seconds for a whole backend call: generation takes seconds to minutes."""
 UNMATCHED_ROUTE = "unmatched"
+AUDIT_DROP_REASONS = ("queue_full", "closed", "shutdown", "rejected")
 
 
 class Metrics:
@@ -62,6 +63,10 @@ class Metrics:
         self.audit_dropped = Counter(
             "quell_audit_dropped", "Audit events lost, by reason (queue_full, closed, shutdown, rejected).",
             ["reason"], registry=r)  # fmt: skip
+        for reason in AUDIT_DROP_REASONS:  # series exist at 0 from the start, so alerts on increase() work
+            self.audit_dropped.labels(reason=reason)
+        for result in ("success", "failure"):
+            self.policy_reloads.labels(result=result)
         self.audit_write_failures = Counter(
             "quell_audit_write_failures", "Failed attempts to write a batch of audit events (retried).", registry=r)
         self.audit_written = Counter(

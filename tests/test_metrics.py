@@ -37,6 +37,10 @@ def test_every_collector_renders_with_its_type() -> None:
     rendered = families(Metrics())
     assert {name: rendered[name].type for name in FAMILIES} == FAMILIES
     assert "process_cpu_seconds" in rendered  # process collectors on by default
+    zero = {(s.labels.get("reason") or s.labels.get("result")): s.value
+            for name in ("quell_audit_dropped", "quell_policy_reloads") for s in rendered[name].samples
+            if s.name.endswith("_total")}  # fmt: skip
+    assert zero == dict.fromkeys(["queue_full", "closed", "shutdown", "rejected", "success", "failure"], 0.0)
 
 
 def test_counts_move() -> None:
@@ -77,7 +81,7 @@ def test_each_metrics_object_has_its_own_registry() -> None:
     a, b = Metrics(), Metrics()  # would raise "Duplicated timeseries" if they shared one
     a.count_reload(True)
     assert a.registry.get_sample_value("quell_policy_reloads_total", {"result": "success"}) == 1
-    assert b.registry.get_sample_value("quell_policy_reloads_total", {"result": "success"}) is None
+    assert b.registry.get_sample_value("quell_policy_reloads_total", {"result": "success"}) == 0
     assert REGISTRY.get_sample_value("quell_policy_reloads_total", {"result": "success"}) is None
 
 
