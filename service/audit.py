@@ -262,6 +262,7 @@ class AuditLog:
         self._closing = False
         self._closed = False
         self._migrated = False
+        self._down = False  # the last write attempt failed and its events are being retried
         self._dropping: set[str] = set()
         self._task: asyncio.Task | None = None
 
@@ -279,6 +280,7 @@ class AuditLog:
             log.info("audit store ready: %s", self.url)
         except Exception as exc:
             self.last_error = _first_line(exc)
+            self._down = True
             log.error("audit store %s unavailable at start-up (events will wait in the queue): %s",
                       self.url, self.last_error)  # fmt: skip
         self._task = asyncio.create_task(self._run(), name="quell-audit-writer")
@@ -360,9 +362,10 @@ class AuditLog:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
                 continue
-            if self.last_error is not None:
+            if self._down:
                 log.warning("audit store %s reachable again; writing %d queued event(s)", self.url, len(self._queue))
-                self.last_error = None
+                self._down = False
+            self.last_error = None
             delay = self.retry_initial_s
             self._dropping.clear()
             self._pop(len(batch))
@@ -388,10 +391,11 @@ class AuditLog:
         message = _first_line(exc)
         if retry_in is None:
             log.error("audit store %s rejected a batch (dropped): %s", self.url, message)
-        elif message != self.last_error:  # one line per distinct problem, not one per retry
+        elif message != self.last_error or not self._down:  # one line per distinct problem, not one per retry
             log.error("audit store %s: write failed, %d event(s) queued, retrying (backoff up to %.0f s): %s",
                       self.url, len(self._queue), self.retry_max_s, message)  # fmt: skip
         self.last_error = message
+        self._down = retry_in is not None
 
     def _drop(self, n: int, reason: str) -> None:
         if reason not in self._dropping:  # one warning per episode (reset by the next successful write)
