@@ -22,10 +22,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_gateway(log_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_gateway(log_path: Path, *args: str, env: dict[str, str] | None = None,
+                  private_tmp: Path | None = None) -> subprocess.Popen:  # fmt: skip
+    """`quell serve ARGS`; with `private_tmp`, in a mount namespace where /tmp is that folder (needs root)."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    command = [QUELL, "serve", *args]
+    if private_tmp is not None:
+        command = ["unshare", "--mount", "--", "sh", "-c", 'mount --bind "$0" /tmp && exec "$@"', str(private_tmp),
+                   *command]  # fmt: skip
     log = log_path.open("wb")
-    proc = subprocess.Popen([QUELL, "serve", *args], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
     log.close()
     return proc

@@ -116,7 +116,11 @@ def test_client_disconnect_cancels_the_backend_request(gateway: RunningGateway) 
         for line in resp.iter_lines():
             if line.startswith("data:"):
                 break  # one event is enough: now hang up
-        assert _running(gateway.vllm_port) >= 1
+        # vLLM publishes its gauges once per engine step or so: wait until it shows the request running
+        deadline = time.monotonic() + 20
+        while _running(gateway.vllm_port) < 1:
+            assert time.monotonic() < deadline, "the streaming request never showed up as running"
+            time.sleep(0.1)
     deadline = time.monotonic() + 20
     while _running(gateway.vllm_port) > 0:
         assert time.monotonic() < deadline, "vLLM kept generating after the client went away"
