@@ -89,14 +89,14 @@ def throughput(url: str, prompts: list[str], tokens: int, terms: list[str] | Non
     return produced / (time.perf_counter() - t0)
 
 
-def generated_ids(url: str, prompt: str, tokens: int) -> list[int]:
-    body = {"model": MODEL, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "return_token_ids": True}
+def generated_text(url: str, prompt: str, tokens: int) -> str:
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": tokens, "temperature": 0}
     response = httpx.post(f"{url}/v1/completions", json=body, timeout=600)
     response.raise_for_status()
-    return response.json()["choices"][0]["token_ids"]
+    return response.json()["choices"][0]["text"]
 
 
-def plugin_cost(term_sets: dict[int, list[str]], sequences: list[list[int]]) -> None:
+def plugin_cost(term_sets: dict[int, list[str]], texts: list[str]) -> None:
     """Per-step CPU time of what the plugin does per request: advance the cursor, look up/compute the mask, fill."""
     import torch
     from transformers import AutoTokenizer
@@ -105,7 +105,9 @@ def plugin_cost(term_sets: dict[int, list[str]], sequences: list[list[int]]) -> 
     from filters.token_mask import Cursor, TokenMasks
     from filters.vocab import VocabularyIndex
 
-    vocab = VocabularyIndex.from_hf_tokenizer(AutoTokenizer.from_pretrained(str(MODEL_DIR)))
+    tokenizer = AutoTokenizer.from_pretrained(str(MODEL_DIR))
+    vocab = VocabularyIndex.from_hf_tokenizer(tokenizer)
+    sequences = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
     logits = torch.zeros(vocab.size)
     for count, terms in term_sets.items():
         masks = TokenMasks(TermAutomaton(terms), vocab)
@@ -133,7 +135,7 @@ def main() -> None:
     term_sets = {count: TARGETS + synthetic_terms(count - len(TARGETS), seed=count) for count in (10, 1_000, 10_000)}
     with vllm_server(args.port) as url:
         complete(url, "Hello", 8, None)  # warm-up
-        sequences = [generated_ids(url, prompt, args.tokens) for prompt in PROMPTS[:4]]
+        texts = [generated_text(url, prompt, args.tokens) for prompt in PROMPTS[:4]]
         for label, prompts in (("single", PROMPTS[:1]), ("8 concurrent", PROMPTS)):
             for count, terms in term_sets.items():
                 cold_ratios, warm_ratios, bases = [], [], []
@@ -149,7 +151,7 @@ def main() -> None:
                 print(f"{label}: {count:>6} terms: baseline {statistics.median(bases):.1f} tok/s; ratio to baseline "
                       f"cold {statistics.median(cold_ratios):.3f} {_fmt(cold_ratios)}, "
                       f"warm {statistics.median(warm_ratios):.3f} {_fmt(warm_ratios)}", flush=True)  # fmt: skip
-    plugin_cost(term_sets, sequences)
+    plugin_cost(term_sets, texts)
 
 
 def _fmt(values: list[float]) -> str:

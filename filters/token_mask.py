@@ -57,6 +57,7 @@ class TokenMasks:
         self._active = table.active.tolist()
         self._special = np.flatnonzero(~vocab.has_text)
         self._continuing = np.flatnonzero(vocab.continues_bytes)
+        self._has_tail = np.array([bool(t) for t in vocab.tails], dtype=np.bool_)
         self._ends: dict[int, np.ndarray] = {}
         self._banned: dict[tuple[int, bytes, bool], np.ndarray] = {}
 
@@ -78,15 +79,21 @@ class TokenMasks:
 
     def end_states(self, state: int, tail: bytes = b"") -> np.ndarray:
         """int32 per tokenizer id: the state after its text from (state, tail); text-less tokens keep `state`."""
+        return self._ends_and_tails(state, tail)[0]
+
+    def _ends_and_tails(self, state: int, tail: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """End states, and whether each token leaves bytes of an unfinished character pending."""
         if not tail:
-            return self._clean_ends(state)
+            return self._clean_ends(state), self._has_tail
         ends = self._clean_ends(self.automaton.step(state, SEP_CLASS)).copy()
         ends[self._special] = state
+        tails = self._has_tail.copy()
         for token in self._continuing.tolist():
             decoder = _decoder_after(tail)
             text = decoder.decode(self.vocab.token_bytes[token], final=False)
             ends[token] = self.automaton.run(state, self.automaton.classes(text))
-        return ends
+            tails[token] = bool(decoder.getstate()[0])
+        return ends, tails
 
     # ---- kernel -------------------------------------------------------------------------------------------
     def _clean_ends(self, state: int) -> np.ndarray:
@@ -111,11 +118,12 @@ class TokenMasks:
         return ends
 
     def _compute_banned(self, state: int, tail: bytes, last: bool) -> np.ndarray:
-        ends = self.end_states(state, tail)
+        ends, tails = self._ends_and_tails(state, tail)
         mask = np.ones(self.width, dtype=np.bool_)
-        text_banned = ends == DEAD
+        pending = self.automaton.pending[ends]
+        text_banned = (ends == DEAD) | (pending & tails)
         if last:
-            text_banned |= self.automaton.pending[ends]
+            text_banned |= pending
         mask[: self.vocab.size] = text_banned
         mask[self._special] = self.automaton.is_pending(state)
         if mask.all():

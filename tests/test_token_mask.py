@@ -103,6 +103,23 @@ def test_last_step_bans_tokens_that_leave_a_term_pending() -> None:
     assert not masks.banned(cursor.state, last=True)[TOY.index("x")]
 
 
+def test_pending_term_followed_by_an_unfinished_character_is_banned() -> None:
+    """Leak bench regression: "Spider-Man" + F0 9F + 8C (every completion is an emoji, a separator) forced EOS."""
+    vocab = VocabularyIndex.from_texts([None, "spider", "-", "Man", b"\xf0\x9f", b"\x8c", b"\x8c\x80", "x"], [0])
+    masks = TokenMasks(TermAutomaton(["Spider-Man"]), vocab)
+    cursor = Cursor(masks.automaton, vocab)
+    for token in (1, 2, 3):
+        cursor.advance(token)
+    assert masks.automaton.is_pending(cursor.state)
+    mask = masks.banned(cursor.state, cursor.tail)
+    assert mask[4], "F0 9F after a pending term must be banned"
+    assert not mask[7]
+    # before the term is complete, the same bytes are harmless
+    early = Cursor(masks.automaton, vocab)
+    early.advance(1)
+    assert not masks.banned(early.state, early.tail)[4]
+
+
 def test_width_beyond_the_tokenizer_is_banned() -> None:
     masks = toy_masks(width=len(TOY) + 5)
     mask = masks.banned(START)
@@ -172,7 +189,10 @@ def test_real_masks_equal_reference(real) -> None:
             if vocab.token_bytes[token] is None:
                 assert mask[token] == masks.automaton.is_pending(cursor.state)
             else:
-                assert mask[token] == (end == DEAD)
+                decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+                decoder.decode(cursor.tail + vocab.token_bytes[token], final=False)
+                trapped = masks.automaton.is_pending(end) and bool(decoder.getstate()[0])
+                assert mask[token] == (end == DEAD or trapped)
                 assert last[token] == (end == DEAD or masks.automaton.is_pending(end))
     assert seen_tail, "no prefix ended inside a multi-byte character; the byte path went untested"
 
@@ -183,7 +203,7 @@ def test_real_sampling_under_masks_never_produces_a_match(real) -> None:
     vocab = masks.vocab
     automaton = masks.automaton
     rng = random.Random(11)
-    lures = sorted({t for term in TERMS for v in (term, " " + term, term.upper(), term.lower() + ".")
+    lures = sorted({t for term in TERMS for v in (term, " " + term, term.upper(), term.lower() + ".", "🕷🌀", "\u200b")
                     for t in tokenizer.encode(v, add_special_tokens=False)})
     for _ in range(30):
         cursor = Cursor(automaton, vocab)
