@@ -11,7 +11,10 @@ from fastapi import FastAPI
 
 from service.backend import Backend
 from service.errors import install_error_handlers
+from filters.decision import Decision
+from service.audit import AuditEvent, AuditLog
 from service.auth import KeyRing, exposure_problem
+from service.metrics import Metrics, RequestMetricsMiddleware
 from service.policy_registry import PolicyRegistry
 from service.policy_registry import watch as watch_policies
 from service.settings import DecodeMask, Settings
@@ -28,12 +31,21 @@ class Gateway:
     registry: PolicyRegistry
     backend: Backend
     keys: KeyRing
+    metrics: Metrics
+    audit: AuditLog
     managed: ManagedVLLM | None = None
     decode_mask: bool = False
     connected: bool = False
     """True once the backend answered and its capability is known; requests get 503 until then."""
     backend_error: str | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    def report(self, decisions: list[Decision], text: str, request_id: str, tenant: str) -> None:
+        """Every suppression decision goes to the metrics and, off the response path, to the audit store."""
+        self.metrics.count_decisions(decisions)
+        store = self.settings.audit_store_text
+        self.audit.record(AuditEvent.from_decision(d, request_id=request_id, tenant=tenant, store_text=store, text=text)
+                          for d in decisions)  # fmt: skip
 
     @property
     def capability(self) -> str:
@@ -65,6 +77,7 @@ class Gateway:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    metrics = Metrics()  # built before the lifespan: the request middleware needs it when the app is assembled
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -77,8 +90,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         "or QUELL_API_KEYS before exposing it.", settings.host)  # fmt: skip
         if settings.admin_token is None:
             log.warning("QUELL_ADMIN_TOKEN unset: the admin API (/admin) answers 401 to everyone")
-        registry = PolicyRegistry(settings.policies)
+        registry = PolicyRegistry(settings.policies, on_reload=lambda snap: metrics.count_reload(not snap.errors))
         snapshot = registry.reload()
+        audit = AuditLog(settings.audit_url, queue_size=settings.audit_queue_size, metrics=metrics)
+        await audit.start()
         log.info("policies: %s", ", ".join(lp.policy.ref for lp in snapshot.policies.values()) or "none")
         managed = None
         if settings.backend_url:
@@ -88,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             managed.start()
             url = managed.url
         backend = Backend(url, settings.backend_api_key, settings.backend_timeout_s)
-        gateway = Gateway(settings, registry, backend, keys, managed)
+        gateway = Gateway(settings, registry, backend, keys, metrics, audit, managed)
         app.state.gateway = gateway
         gateway._tasks.append(asyncio.create_task(gateway.connect_backend()))
         if settings.policies.is_dir():
@@ -99,14 +114,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in gateway._tasks:
                 task.cancel()
             await backend.aclose()
+            await audit.aclose()
             if managed is not None:
                 await asyncio.to_thread(managed.stop)
 
     app = FastAPI(title="Quell", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     install_error_handlers(app)
     from service.routes import admin, health, openai
+    from service.routes import metrics as metrics_routes
 
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(admin.router)
+    app.include_router(metrics_routes.router)
     return app

@@ -142,5 +142,14 @@ def model_prepare(out: Annotated[Path, typer.Option(help="Model folder to create
     prepare_model(out, err_console)
 
 
+def _register_audit() -> None:
+    from service.cli_audit import audit
+
+    app.command("audit")(audit)
+
+
+_register_audit()
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

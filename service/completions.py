@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from filters.decision import ACTION_RANK, Decision
+from filters.decision import ACTION_RANK, Decision, Layer
 from filters.policy import Policy
 from filters.stream_guard import GuardStep, OutputGuard
 from filters.surface import SurfaceLayer
@@ -29,6 +31,10 @@ PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
 POLICY_HEADER = "x-quell-policies"
 
 
+Report = Callable[[list[Decision], str], None]
+"""Called once per choice that a layer acted on, with its decisions and the text they refer to (audit, metrics)."""
+
+
 @dataclass
 class GuardedRequest:
     kind: Kind
@@ -36,14 +42,26 @@ class GuardedRequest:
     policies: list[Policy]
     decode_mask: bool
     text_backstop: bool
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    report: Report | None = None
+    observe_layer: Callable[[str, float], None] | None = None
     surface: SurfaceLayer = field(init=False)
+    guard_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         self.surface = surface_layer(self.policies, "output")
 
     @property
     def headers(self) -> dict[str, str]:
-        return {POLICY_HEADER: ",".join(p.ref for p in self.policies)}
+        return {POLICY_HEADER: ",".join(p.ref for p in self.policies), "x-request-id": self.request_id}
+
+    def decided(self, decisions: list[Decision], text: str) -> None:
+        if decisions and self.report is not None:
+            self.report(decisions, text)
+
+    def done(self) -> None:
+        if self.observe_layer is not None and self.text_backstop:
+            self.observe_layer(str(Layer.SURFACE), self.guard_seconds)
 
     def upstream_body(self) -> dict:
         body = dict(self.body)
@@ -100,9 +118,12 @@ async def respond_json(backend: Backend, req: GuardedRequest) -> JSONResponse:
         text = _get_text(req.kind, choice, streaming=False)
         if text is None:
             continue
+        started = time.perf_counter()
         guard = req.new_guard()
         first, last = guard.feed(text), guard.finish()
+        req.guard_seconds += time.perf_counter() - started
         decisions = list(first.decisions + last.decisions)
+        req.decided(decisions, text)
         if not decisions:
             continue
         refusal = first.refusal or last.refusal
@@ -111,6 +132,7 @@ async def respond_json(backend: Backend, req: GuardedRequest) -> JSONResponse:
         if guard.stopped:
             choice["finish_reason"] = "content_filter"
         choice["content_filter_results"] = content_filter_results(decisions)
+    req.done()
     return JSONResponse(payload, headers=req.headers)
 
 
@@ -146,6 +168,7 @@ async def _guarded_events(cm, resp, req: GuardedRequest) -> AsyncIterator[bytes]
     away) closes the upstream response, and vLLM aborts the generation."""
     guards: dict[int, OutputGuard] = {}
     decisions: dict[int, list[Decision]] = {}
+    seen: dict[int, list[str]] = {}  # what the model said per choice, for the audit's optional hash/snippet
     finished: set[int] = set()
     want_usage = bool((req.body.get("stream_options") or {}).get("include_usage"))
     n = int(req.body.get("n") or 1)
@@ -164,10 +187,14 @@ async def _guarded_events(cm, resp, req: GuardedRequest) -> AsyncIterator[bytes]
                     continue  # this choice was cut by a layer: drop the rest of what the model says
                 guard = guards.setdefault(idx, req.new_guard())
                 text = _get_text(req.kind, choice, streaming=True)
+                started = time.perf_counter()
                 step = guard.feed(text) if text else GuardStep("")
                 if choice.get("finish_reason") is not None and not step.stopped:
                     end = guard.finish()
                     step = GuardStep(step.text + end.text, step.decisions + end.decisions, end.stopped, end.refusal)
+                req.guard_seconds += time.perf_counter() - started
+                if text:
+                    seen.setdefault(idx, []).append(text)
                 decisions.setdefault(idx, []).extend(step.decisions)
                 if text is not None or step.text:
                     if step.text != text:
@@ -182,6 +209,7 @@ async def _guarded_events(cm, resp, req: GuardedRequest) -> AsyncIterator[bytes]
                     finished.add(idx)
                     if decisions.get(idx):
                         choice["content_filter_results"] = content_filter_results(decisions[idx])
+                        req.decided(decisions[idx], "".join(seen.get(idx, [])))
                 out_choices.append(choice)
             if chunk.get("choices") and not out_choices:
                 continue
@@ -191,4 +219,5 @@ async def _guarded_events(cm, resp, req: GuardedRequest) -> AsyncIterator[bytes]
                 break  # every choice is done; stop the backend early if a layer cut it
         yield b"data: [DONE]\n\n"
     finally:
+        req.done()
         await cm.__aexit__(None, None, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,5 +49,11 @@ class Settings(BaseSettings):
     api_keys: str | None = None
     """Client keys in the environment: comma-separated `key` or `key:tenant`; tenants get the default policies."""
     reload_debounce_ms: int = Field(300, ge=0)
+
+    audit_url: str = "sqlite:///.cache/audit.db"
+    """Any SQLAlchemy URL; PostgreSQL (postgresql+psycopg://...) when several gateway replicas share one store."""
+    audit_queue_size: int = Field(10_000, ge=1)
+    audit_store_text: Literal["none", "hash", "snippet"] = "none"
+    """Audit events never hold prompt or response text unless this says so."""
 
     log_level: str = "info"

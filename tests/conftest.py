@@ -27,7 +27,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
     """One managed gateway for the whole session, with the shipped policies."""
     port, vllm_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    env = {"QUELL_PORT": str(port), "QUELL_VLLM_PORT": str(vllm_port), "QUELL_POLICIES": str(ROOT / "policies")}
+    env = {"QUELL_PORT": str(port), "QUELL_VLLM_PORT": str(vllm_port), "QUELL_POLICIES": str(ROOT / "policies"),
+           "QUELL_AUDIT_URL": f"sqlite:///{log.parent / 'audit.db'}"}  # fmt: skip
     proc = start_gateway(log, env=env)
     base = f"http://127.0.0.1:{port}"
     try:

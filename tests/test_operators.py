@@ -62,7 +62,8 @@ def ops(gateway: RunningGateway, tmp_path_factory: pytest.TempPathFactory) -> It
     keys.write_text(KEYS.format(beta_digest=hashlib.sha256(b"sk-beta-0002").hexdigest()))
     port = free_port()
     env = {"QUELL_ADMIN_TOKEN": ADMIN, "QUELL_KEYS_FILE": str(keys), "QUELL_POLICIES": str(policies),
-           "QUELL_BACKEND_URL": f"http://127.0.0.1:{gateway.vllm_port}", "QUELL_PORT": str(port)}  # fmt: skip
+           "QUELL_BACKEND_URL": f"http://127.0.0.1:{gateway.vllm_port}", "QUELL_PORT": str(port),
+           "QUELL_AUDIT_URL": f"sqlite:///{root / 'audit.db'}", "QUELL_AUDIT_STORE_TEXT": "snippet"}  # fmt: skip
     log = root / "gateway.log"
     proc = start_gateway(log, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -180,6 +181,29 @@ def test_tenants_get_their_policies_and_may_add_only_allowed_ones(ops: Ops) -> N
     with pytest.raises(openai.BadRequestError) as info:
         acme.chat.completions.create(model=MODEL, messages=msg, max_tokens=5, extra_headers={"x-quell-policies": "nope"})
     assert "nope" in info.value.body["message"]
+
+
+def test_suppressions_reach_audit_and_metrics(ops: Ops) -> None:
+    acme = openai.OpenAI(base_url=f"{ops.base}/v1", api_key="sk-acme-0001", max_retries=0)
+    raw = acme.completions.with_raw_response.create(model=MODEL, prompt="Mars, Mars, Mars, Mars, Mars,", max_tokens=12,
+                                                    temperature=0, extra_body={"quell": {"policies": ["planets"]}})  # fmt: skip
+    text = raw.parse().choices[0].text
+    assert "Mars" not in text and "[redacted]" in text, text  # the model repeats it; the backstop redacts it
+    request_id = raw.headers["x-request-id"]
+
+    def events() -> list[dict]:
+        resp = httpx.get(f"{ops.base}/admin/audit", params={"policy": "planets", "since": "10m"}, headers=ops.admin)
+        return [e for e in resp.json()["data"] if e["request_id"] == request_id]
+
+    _wait_for(lambda: bool(events()))
+    event = events()[0]
+    assert event["tenant"] == "acme" and event["target"] == "mars" and event["layer"] == "surface"
+    assert event["action"] == "redact" and event["policy"].startswith("planets@") and "Mars" in event["snippet"]
+    metrics = httpx.get(f"{ops.base}/metrics").text
+    assert 'quell_suppressions_total{action="redact",layer="surface",policy="planets",target="mars"}' in metrics
+    assert 'quell_requests_total{route="/v1/completions",status="200"}' in metrics
+    bad = httpx.get(f"{ops.base}/admin/audit", params={"since": "yesterday-ish"}, headers=ops.admin)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "since"
 
 
 def test_open_gateway_refuses_non_loopback() -> None:

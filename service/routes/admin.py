@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from filters.policy import Policy
 from filters.policy_loader import PolicyError, PolicyIssue, parse_policy
+from service.audit import AuditStoreError, parse_since
 from service.deps import GatewayDep, OperatorDep
 from service.errors import APIError
 from service.inspect import inspect_text
@@ -112,6 +113,24 @@ async def put_policy(policy_id: str, request: Request, gateway: GatewayDep, _bod
     live = snapshot.policies.get(policy_id)
     return JSONResponse({"valid": True, "policy": _summary(policy), "file": str(path),
                          "active_version": live.policy.version if live else None})  # fmt: skip
+
+
+@router.get("/audit")
+async def audit_events(gateway: GatewayDep, since: str | None = None, policy: str | None = None,
+                       limit: int = 100) -> dict:  # fmt: skip
+    """Suppression decisions, newest first. `since`: 15m, 2h, 7d or an ISO time; `policy`: id or id@version."""
+    try:
+        start = parse_since(since) if since else None
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="since") from None
+    try:
+        events = await gateway.audit.query(since=start, policy=policy, limit=limit)
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="limit") from None
+    except AuditStoreError as exc:
+        raise APIError(503, f"audit store unavailable: {exc}", type="service_unavailable",
+                       code="audit_unavailable") from None  # fmt: skip
+    return {"data": [e.as_dict() for e in events], "queued": gateway.audit.depth}
 
 
 @router.post("/reload")

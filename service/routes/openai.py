@@ -67,6 +67,9 @@ async def _complete(kind: Kind, request: ChatCompletionRequest | CompletionReque
                        param="model", code="model_not_found")  # fmt: skip
     body = request.model_dump(exclude_unset=True, exclude={"quell"})
     req = GuardedRequest(kind, body, policies, gateway.decode_mask, gateway.settings.text_backstop)
-    if request.stream:
-        return await respond_stream(gateway.backend, req)
-    return await respond_json(gateway.backend, req)
+    req.report = lambda decisions, text: gateway.report(decisions, text, req.request_id, tenant.id)
+    req.observe_layer = gateway.metrics.observe_layer
+    with gateway.metrics.time_backend(kind):  # for streams: until the response starts
+        if request.stream:
+            return await respond_stream(gateway.backend, req)
+        return await respond_json(gateway.backend, req)
