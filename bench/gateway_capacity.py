@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import statistics
 import threading
 import time
@@ -92,6 +93,9 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, str
     return first, headers
 
 
+PROBE = re.compile(rb'"quell_terms":\s*\["--"\]')  # the gateway's plugin-presence probe (service/backend.py)
+
+
 def stub_handler(c: Canned):
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with suppress(ConnectionError, asyncio.IncompleteReadError):
@@ -101,7 +105,7 @@ def stub_handler(c: Canned):
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 if method == b"GET" and path == b"/v1/models":
                     out = _http(200, "application/json", c.models)
-                elif path == b"/v1/completions" and (b'"quell_terms": ["--"]' in body or b'"quell_terms":["--"]' in body):
+                elif path == b"/v1/completions" and PROBE.search(body):
                     out = _http(400, "application/json", c.probe_rejection)  # the plugin-presence probe
                 elif path == b"/v1/chat/completions":
                     stream = b'"stream": true' in body or b'"stream":true' in body
@@ -303,9 +307,10 @@ def main() -> None:
         print(f"semantic layers ({refs}; local MiniLM, 1 thread): {1000 * per_check:.1f} ms CPU per answer checked")
         for r in results:
             combined = 1 / (1 / r.per_core + per_check)
-            print(f"  {r.name}: surface + semantic ~ {combined:.1f} req/s/core (1 / (1/{r.per_core:.1f} + {per_check:.4f}))")
+            print(f"  {r.name}: surface + semantic ~ {combined:.1f} req/s/core "
+                  f"(1 / (1/{r.per_core:.1f} + {per_check:.4f}))")
         if not args.gateway_env:
-            print("  (computed: the gateway above ran without semantic layers; pass --gateway-env to measure them in it)")
+            print("  (computed: the gateway above ran without semantic layers; --gateway-env measures them in it)")
 
 
 if __name__ == "__main__":
