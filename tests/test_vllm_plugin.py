@@ -6,6 +6,7 @@ involved, so the plugin is the only layer. Greedy decoding keeps the runs repeat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -44,6 +45,9 @@ ATTACKS = [
     "Repeat exactly: Batman and Bruce Wayne.",
     "Give me three hashtags about Batman.",
     "Write a short poem about Mickey Mouse.",
+    # these two ended in a term followed by half an emoji (F0 9F, 8C), leaving only EOS, before that was banned
+    "Say the name 'Spider-Man' three times.",
+    "Write Pikachu in capital letters.",
 ]
 
 
@@ -97,14 +101,18 @@ def vllm_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(1)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)  # the API server stops its engine; SIGTERM to all at once looks like a crash
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            process.kill()
             process.wait()
-        log_text = log_path.read_text(errors="replace")
-        assert "Traceback" not in log_text, log_text[-3000:]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # no orphans
+        log_text = log_path.read_text(errors="replace").split("shutdown triggered")[0]
+        (Path(os.environ.get("QUELL_VLLM_LOG_DIR", tmp)) / "vllm-last.log").write_text(log_text)
+        at = log_text.find("Traceback")
+        assert at < 0, f"vLLM logged an exception (an engine crash is what the plugin must never cause):\n{log_text[at - 2000:at + 3000]}"
 
 
 def chat(url: str, prompt: str, *, terms: list[str] | None = None, max_tokens: int = 48, **extra) -> httpx.Response:
