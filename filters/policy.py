@@ -10,9 +10,9 @@ import hashlib
 import json
 from enum import StrEnum
 from functools import cached_property
-from typing import Annotated, Final, Literal
+from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from filters.normalize import word_chars
 
@@ -61,8 +61,18 @@ class Thresholds(_Strict):
     """Per layer: a number, or "auto" (picked for `target_fpr`). Embedding scores are cosines in [-1, 1];
     classifier scores are probabilities in [0, 1]."""
 
-    embedding: Annotated[float, Field(ge=-1.0, le=1.0)] | Literal["auto"] = AUTO
-    classifier: Annotated[float, Field(ge=0.0, le=1.0)] | Literal["auto"] = AUTO
+    embedding: float | Literal["auto"] = AUTO
+    classifier: float | Literal["auto"] = AUTO
+
+    @field_validator("embedding", "classifier", mode="plain")
+    @classmethod
+    def _number_or_auto(cls, value: object, info: ValidationInfo) -> float | str:
+        low = -1.0 if info.field_name == "embedding" else 0.0
+        if value == AUTO:
+            return AUTO
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= 1.0:
+            raise ValueError(f'must be "auto" or a number from {low:g} to 1, got {value!r}')
+        return float(value)
 
 
 class Concept(_Strict):
@@ -101,7 +111,7 @@ class Concept(_Strict):
                 f"work well), or set layers: [embedding]; got {len(self.examples)}"
             )
         for layer in SemanticLayer:
-            if layer.value in self.thresholds.model_fields_set and layer not in self.layers:
+            if getattr(self.thresholds, layer.value) != AUTO and layer not in self.layers:
                 raise ValueError(
                     f"thresholds.{layer.value} is set but {layer.value!r} is not in layers "
                     f"{[str(x) for x in self.layers]}; add it to layers or remove the threshold"
@@ -126,7 +136,9 @@ class Window(_Strict):
     @model_validator(mode="after")
     def _overlap_below_size(self) -> Window:
         if self.overlap >= self.size:
-            raise ValueError(f"overlap ({self.overlap}) must be smaller than size ({self.size}) or windows never advance")
+            raise ValueError(
+                f"overlap ({self.overlap}) must be smaller than size ({self.size}) or windows never advance"
+            )
         return self
 
 

@@ -1,0 +1,367 @@
+"""The semantic layers over whole texts: `SemanticGuard` scores windows of text against every concept target.
+
+Call order (a pure library; the gateway wires it):
+    cache = ClassifierCache()                           # once per process, survives policy reloads
+    guard = SemanticGuard(policies, embedder, cache)    # at policy (re)load: embeds anchors, trains classifiers
+    guard.check(text)              -> list[Detection]   # flagged only; `check_batch` for many texts
+    guard.scores(texts)            -> per text, the best window of every (target, layer), flagged or not
+    guard.check_messages(messages) -> input screen, each policy reading its `input_scope`
+    SemanticStream(guard, ...)     -> streamed output (filters.semantic_stream)
+Every method has an `_async` twin that embeds off the event loop.
+
+A text is cut into windows by the policy's `semantic.window` (see `window_spans`); each window is embedded once
+and scored by every target's enabled layers. A `Detection` is a window (or a run of overlapping flagged windows,
+merged) whose score reached the layer's threshold.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from filters.concept_classifier import (
+    DEFAULT_BACKGROUND,
+    ClassifierCache,
+    ConceptClassifier,
+    load_background,
+    texts_digest,
+)
+from filters.embedding import Embedder
+from filters.embedding_blocklist import EmbeddingBlocklist
+from filters.policy import ConceptAction, InputScope, Policy, SemanticLayer, Target, Window, WindowUnit
+
+Direction = Literal["input", "output"]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One target's verdict on a span of text. `text[span[0]:span[1]]` is the window (or merged windows)."""
+
+    policy_ref: str  # "id@version"
+    target_id: str
+    layer: Literal["embedding", "classifier"]
+    score: float  # cosine in [-1, 1] (embedding) or probability in [0, 1] (classifier)
+    threshold: float
+    action: ConceptAction
+    span: tuple[int, int]
+
+    @property
+    def flagged(self) -> bool:
+        return self.score >= self.threshold
+
+
+# ---- windows ---------------------------------------------------------------------------------------------------
+
+_SENTENCE_END = re.compile(r"[.!?\u2026\u3002]+[\"'\u201d\u2019)\]]*\s|\n")
+_WORD_END = re.compile(r"\s")
+_NON_SPACE = re.compile(r"\S")
+
+
+def next_unit_end(text: str, start: int, window: Window, final: bool) -> int | None:
+    """End offset of the unit starting at `start`, or None while it may still grow (streaming, `final=False`).
+
+    A unit is leading whitespace, then text up to and including the first whitespace character after a sentence
+    end (`.`, `!`, `?`, possibly followed by quotes or brackets) or a newline; for `words`, the first whitespace
+    after a word. So a unit is complete as soon as that whitespace arrives, and units tile the text. A unit that
+    would pass `max_chars` ends after the last space before that (or at `max_chars` if there is none).
+    """
+    limit = start + window.max_chars
+    first = _NON_SPACE.search(text, start)
+    match = None
+    if first is not None:
+        pattern = _SENTENCE_END if window.unit == WindowUnit.SENTENCES else _WORD_END
+        match = pattern.search(text, first.start())
+    if match is not None and match.end() <= limit:
+        return match.end()
+    if len(text) > limit:
+        cut = text.rfind(" ", start + 1, limit)
+        return cut + 1 if cut > start else limit
+    return len(text) if final and len(text) > start else None
+
+
+def unit_spans(text: str, window: Window, start: int = 0, final: bool = True) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    while start < len(text):
+        end = next_unit_end(text, start, window, final)
+        if end is None:
+            break
+        add_unit(spans, text, start, end)
+        start = end
+    return spans
+
+
+def add_unit(spans: list[tuple[int, int]], text: str, start: int, end: int) -> None:
+    """Append a unit; trailing whitespace with nothing after it joins the unit before it."""
+    if spans and not text[start:end].strip():
+        spans[-1] = (spans[-1][0], end)
+    else:
+        spans.append((start, end))
+
+
+def window_ranges(n_units: int, window: Window, final: bool, first: int = 0) -> list[tuple[int, int]]:
+    """Unit index ranges [i, j) of windows number `first`, `first`+1, ... that are complete.
+
+    Window k covers units [k*stride, k*stride + size). When `final`, units left after the last full window get one
+    more window: the last `size` units (so a short text is one window).
+    """
+    stride = window.size - window.overlap
+    ranges = []
+    k = first
+    while k * stride + window.size <= n_units:
+        ranges.append((k * stride, k * stride + window.size))
+        k += 1
+    if final and n_units > 0:
+        covered = (k - 1) * stride + window.size if k > 0 else 0
+        if covered < n_units:
+            ranges.append((max(0, n_units - window.size), n_units))
+    return ranges
+
+
+def window_spans(text: str, window: Window) -> list[tuple[int, int]]:
+    """Character spans of the windows of a complete text, in order."""
+    units = unit_spans(text, window)
+    return [(units[i][0], units[j - 1][1]) for i, j in window_ranges(len(units), window, final=True)]
+
+
+def window_text(text: str, span: tuple[int, int]) -> str:
+    return text[span[0] : span[1]].strip()
+
+
+# ---- per-target models -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class TargetModel:
+    policy: Policy
+    target: Target
+    blocklist: EmbeddingBlocklist | None
+    classifier: ConceptClassifier | None
+
+    def layer_scores(self, vectors: np.ndarray) -> Iterable[tuple[str, np.ndarray, float]]:
+        if self.blocklist is not None:
+            yield SemanticLayer.EMBEDDING.value, self.blocklist.scores(vectors), self.blocklist.threshold
+        if self.classifier is not None:
+            yield SemanticLayer.CLASSIFIER.value, self.classifier.scores(vectors), self.classifier.threshold
+
+
+@dataclass
+class _Plan:
+    """Window texts to embed for a batch, and which windows belong to which (text, window spec)."""
+
+    texts: list[str] = field(default_factory=list)
+    # per input text: list of (window spec, spans, row offset into `texts`)
+    parts: list[list[tuple[Window, list[tuple[int, int]], int]]] = field(default_factory=list)
+
+
+class SemanticGuard:
+    """Every concept target of `policies`, ready to score text. Build once per policy set; use from any thread."""
+
+    def __init__(
+        self,
+        policies: Sequence[Policy],
+        embedder: Embedder,
+        cache: ClassifierCache | None = None,
+        *,
+        background: tuple[str, ...] | None = None,
+    ):
+        self.policies = list(policies)
+        self.embedder = embedder
+        self._cache = cache if cache is not None else ClassifierCache()
+        self._background = background if background is not None else load_background(DEFAULT_BACKGROUND)
+        self.models: list[TargetModel] = []
+        background_vectors = None
+        for policy in self.policies:
+            for target in policy.targets:
+                if target.concept is None:
+                    continue
+                if background_vectors is None:
+                    background_vectors = self._background_vectors()
+                self.models.append(self._build(policy, target, background_vectors))
+
+    def _background_vectors(self) -> np.ndarray:
+        key = ("background", self.embedder.name, texts_digest(self._background))
+        return self._cache.get_or_make(key, lambda: self.embedder.encode(self._background))
+
+    def _build(self, policy: Policy, target: Target, background: np.ndarray) -> TargetModel:
+        key = ("target", self.embedder.name, texts_digest(self._background), policy.digest, target.id)
+        return self._cache.get_or_make(key, lambda: self._train(policy, target, background))
+
+    def _train(self, policy: Policy, target: Target, background: np.ndarray) -> TargetModel:
+        concept = target.concept
+        anchors = self.embedder.encode([concept.description, *concept.examples])
+        counter = self.embedder.encode(concept.counterexamples) if concept.counterexamples else background[:0]
+        negatives = np.vstack([counter, background])
+        blocklist = classifier = None
+        if SemanticLayer.EMBEDDING in concept.layers:
+            blocklist = EmbeddingBlocklist.build(
+                anchors, negatives, threshold=concept.thresholds.embedding, target_fpr=concept.target_fpr
+            )
+        if SemanticLayer.CLASSIFIER in concept.layers:
+            classifier = ConceptClassifier.train(
+                anchors,
+                counter,
+                background,
+                threshold=concept.thresholds.classifier,
+                target_fpr=concept.target_fpr,
+                name=f"{policy.ref}/{target.id}",
+            )
+        return TargetModel(policy, target, blocklist, classifier)
+
+    # ---- scoring -----------------------------------------------------------------------------------------------
+
+    def models_for(self, direction: Direction) -> list[TargetModel]:
+        return [m for m in self.models if direction in m.policy.applies_to]
+
+    def _plan(self, texts: Sequence[str], models: list[TargetModel]) -> _Plan:
+        plan = _Plan()
+        specs = list(dict.fromkeys(m.policy.semantic.window for m in models))
+        for text in texts:
+            parts = []
+            for spec in specs:
+                spans = window_spans(text, spec)
+                parts.append((spec, spans, len(plan.texts)))
+                plan.texts.extend(window_text(text, s) for s in spans)
+            plan.parts.append(parts)
+        return plan
+
+    def _verdicts(self, plan: _Plan, vectors: np.ndarray, models: list[TargetModel], flagged_only: bool):
+        results: list[list[Detection]] = []
+        for parts in plan.parts:
+            found: list[Detection] = []
+            by_spec = {spec: (spans, offset) for spec, spans, offset in parts}
+            for model in models:
+                spans, offset = by_spec[model.policy.semantic.window]
+                if not spans:
+                    continue
+                rows = vectors[offset : offset + len(spans)]
+                for layer, scores, threshold in model.layer_scores(rows):
+                    found.extend(_detections(model, layer, scores, threshold, spans, flagged_only))
+            results.append(found)
+        return results
+
+    def scores(self, texts: Sequence[str], direction: Direction = "output") -> list[list[Detection]]:
+        """Per text, for every (target, layer): its highest-scoring window, flagged or not (for moderation scores)."""
+        models = self.models_for(direction)
+        plan = self._plan(texts, models)
+        return self._verdicts(plan, self._encode(plan), models, flagged_only=False)
+
+    def check_batch(self, texts: Sequence[str], direction: Direction = "output") -> list[list[Detection]]:
+        """Per text, the flagged detections (overlapping flagged windows of one target and layer merged)."""
+        models = self.models_for(direction)
+        plan = self._plan(texts, models)
+        return self._verdicts(plan, self._encode(plan), models, flagged_only=True)
+
+    def check(self, text: str, direction: Direction = "output") -> list[Detection]:
+        return self.check_batch([text], direction)[0]
+
+    async def scores_async(self, texts: Sequence[str], direction: Direction = "output") -> list[list[Detection]]:
+        models = self.models_for(direction)
+        plan = self._plan(texts, models)
+        return self._verdicts(plan, await self._encode_async(plan), models, flagged_only=False)
+
+    async def check_batch_async(self, texts: Sequence[str], direction: Direction = "output") -> list[list[Detection]]:
+        models = self.models_for(direction)
+        plan = self._plan(texts, models)
+        return self._verdicts(plan, await self._encode_async(plan), models, flagged_only=True)
+
+    async def check_async(self, text: str, direction: Direction = "output") -> list[Detection]:
+        return (await self.check_batch_async([text], direction))[0]
+
+    def _encode(self, plan: _Plan) -> np.ndarray:
+        return self.embedder.encode(plan.texts) if plan.texts else np.zeros((0, 1), dtype=np.float32)
+
+    async def _encode_async(self, plan: _Plan) -> np.ndarray:
+        return await self.embedder.encode_async(plan.texts) if plan.texts else np.zeros((0, 1), dtype=np.float32)
+
+    # ---- input screen --------------------------------------------------------------------------------------------
+
+    def check_messages(self, messages: Sequence[dict]) -> list[Detection]:
+        """Input screen over chat messages: each input policy reads its `input_scope` (see `input_text`).
+
+        Spans index into `input_text(messages, policy.semantic.input_scope)`.
+        """
+        found: list[Detection] = []
+        for scope, guard_models in self._by_scope().items():
+            text = input_text(messages, scope)
+            plan = self._plan([text], guard_models)
+            found.extend(self._verdicts(plan, self._encode(plan), guard_models, flagged_only=True)[0])
+        return found
+
+    async def check_messages_async(self, messages: Sequence[dict]) -> list[Detection]:
+        found: list[Detection] = []
+        for scope, guard_models in self._by_scope().items():
+            text = input_text(messages, scope)
+            plan = self._plan([text], guard_models)
+            vectors = await self._encode_async(plan)
+            found.extend(self._verdicts(plan, vectors, guard_models, flagged_only=True)[0])
+        return found
+
+    def _by_scope(self) -> dict[InputScope, list[TargetModel]]:
+        groups: dict[InputScope, list[TargetModel]] = {}
+        for model in self.models_for("input"):
+            groups.setdefault(model.policy.semantic.input_scope, []).append(model)
+        return groups
+
+
+def message_text(message: dict) -> str:
+    """The text of an OpenAI chat message: a string, or the `text` parts of a list of content parts."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def input_text(messages: Sequence[dict], scope: InputScope) -> str:
+    """What the input screen reads: the last user message, or every user and assistant message joined by blank
+    lines (system prompts are the operator's, not the user's, and are not screened)."""
+    if scope == InputScope.LAST_USER:
+        for message in reversed(messages):
+            if message.get("role") == "user":
+                return message_text(message)
+        return ""
+    return "\n\n".join(message_text(m) for m in messages if m.get("role") in ("user", "assistant"))
+
+
+def _detections(
+    model: TargetModel,
+    layer: str,
+    scores: np.ndarray,
+    threshold: float,
+    spans: list[tuple[int, int]],
+    flagged_only: bool,
+) -> list[Detection]:
+    def make(score: float, span: tuple[int, int]) -> Detection:
+        return Detection(
+            policy_ref=model.policy.ref,
+            target_id=model.target.id,
+            layer=layer,  # type: ignore[arg-type]
+            score=float(score),
+            threshold=float(threshold),
+            action=model.target.on_concept,
+            span=span,
+        )
+
+    if not flagged_only:
+        best = int(np.argmax(scores))
+        return [make(scores[best], spans[best])]
+    out: list[Detection] = []
+    run_start = run_end = None
+    run_score = -np.inf
+    for score, (start, end) in zip(scores, spans, strict=True):
+        if score < threshold:
+            continue
+        if run_end is not None and start <= run_end:
+            run_end, run_score = max(run_end, end), max(run_score, score)
+            continue
+        if run_end is not None:
+            out.append(make(run_score, (run_start, run_end)))
+        run_start, run_end, run_score = start, end, score
+    if run_end is not None:
+        out.append(make(run_score, (run_start, run_end)))
+    return out
