@@ -1,0 +1,51 @@
+"""Shared, real parts for the semantic-layer tests: the embedding model is loaded once per test session."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from filters.concept_classifier import ClassifierCache
+from filters.embedding import LocalEmbedder
+from filters.policy import Policy
+from filters.policy_loader import load_policy_file, parse_policy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@lru_cache(maxsize=1)
+def shared_embedder() -> LocalEmbedder:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    embedder = LocalEmbedder()
+    embedder.load()
+    return embedder
+
+
+@lru_cache(maxsize=1)
+def shared_cache() -> ClassifierCache:
+    return ClassifierCache()
+
+
+def spiderman_policy() -> Policy:
+    return load_policy_file(ROOT / "policies" / "spiderman.yaml")
+
+
+def spiderman_variant(**semantic) -> Policy:
+    """The example policy with other `semantic:` settings (and optionally concept layers / on_concept)."""
+    data = spiderman_policy().model_dump(mode="json")
+    layers = semantic.pop("layers", None)
+    on_concept = semantic.pop("on_concept", None)
+    applies_to = semantic.pop("applies_to", None)
+    if layers is not None:
+        data["targets"][0]["concept"]["layers"] = layers
+    if on_concept is not None:
+        data["targets"][0]["on_concept"] = on_concept
+    if applies_to is not None:
+        data["applies_to"] = applies_to
+    data["semantic"].update(semantic)
+    return Policy.model_validate(data)
+
+
+def parse(yaml_text: str) -> Policy:
+    return parse_policy(yaml_text, "test.yaml")
