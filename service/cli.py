@@ -153,3 +153,8 @@ _register_audit()
 
 def main() -> None:  # pragma: no cover
     sys.exit(app())
+
+
+from service.eval.command import eval_command  # noqa: E402
+
+app.command("eval")(eval_command)
