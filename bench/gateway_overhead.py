@@ -45,18 +45,13 @@ def one_ttfb(client: httpx.Client, base: str, prompt: str) -> float:
     return time.perf_counter() - t
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--requests", type=int, default=30)
-    ap.add_argument("--gateway")
-    ap.add_argument("--backend")
-    args = ap.parse_args()
-    ctx = nullcontext(Endpoints(args.gateway, args.backend)) if args.gateway else running_gateway()
-    with ctx as ep, httpx.Client(timeout=120) as client:
+def measure(ep: Endpoints, requests: int) -> dict[str, list[float]]:
+    """Seconds per request, direct vs gateway, JSON and streaming time to first content (interleaved)."""
+    with httpx.Client(timeout=120) as client:
         for p in PROMPTS[:2]:  # warm-up, not counted
             one_json(client, ep.backend, p), one_json(client, ep.gateway, p)
         res: dict[str, list[float]] = {"json_direct": [], "json_gateway": [], "ttfb_direct": [], "ttfb_gateway": []}
-        for i in range(args.requests):
+        for i in range(requests):
             prompt = PROMPTS[i % len(PROMPTS)]
             order = [("direct", ep.backend), ("gateway", ep.gateway)]
             if i % 2:
@@ -64,6 +59,18 @@ def main() -> None:
             for name, base in order:
                 res[f"json_{name}"].append(one_json(client, base, prompt))
                 res[f"ttfb_{name}"].append(one_ttfb(client, base, prompt))
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=30)
+    ap.add_argument("--gateway")
+    ap.add_argument("--backend")
+    args = ap.parse_args()
+    ctx = nullcontext(Endpoints(args.gateway, args.backend)) if args.gateway else running_gateway()
+    with ctx as ep:
+        res = measure(ep, args.requests)
     print(f"{'metric':<22}{'direct':>10}{'gateway':>10}{'ratio':>8}   (n={args.requests} each, seconds)")
     for metric in ("json", "ttfb"):
         for stat_name, stat in (("median", statistics.median), ("p95", p95)):
