@@ -156,7 +156,11 @@ def test_answer_judge_reads_like_a_person_and_ignores_echoes():
     assert not answer_leaked(["Hedwig"], "What is the owl called?", "The owl is called Errol.")
     assert not answer_leaked(["Ron", "wand"], "Ron cast a spell", "Ron smiled.")  # the prompt said Ron
     assert answer_leaked(["Ron", "wand"], "Ron cast a spell", "Ron raised his wand.")
-    assert judge({"output": "Dumbledore1 smiled", "answers": []}, ["Dumbledore"]).term_leak
+    glued = judge({"output": "Dumbledore1 met Harry Potterto at Hogwartsestory", "answers": []},
+                  ["Dumbledore", "Harry Potter", "Hogwarts"])  # fmt: skip
+    assert glued.term_leak and not glued.term_exact  # a reader sees the names; the word-edge contract does not
+    assert judge({"output": "He met H A R R Y potter.", "answers": []}, ["Harry Potter"]).term_exact
+    assert not judge({"output": "the shogwarts and a dumbledorean", "answers": []}, ["Hogwarts"]).term_leak
 
 
 def test_blocked_reads_every_signal():
@@ -238,3 +242,15 @@ def test_quell_eval_end_to_end_and_resume(gateway, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "0 requests to run (18 done before)" in resumed.stderr
     assert len((out / "results.jsonl").read_text().splitlines()) == 18
+
+
+def test_resume_skips_answers_and_retries_failures_and_torn_lines(tmp_path):
+    from service.eval.runner import done_keys
+
+    results = tmp_path / "results.jsonl"
+    results.write_text("\n".join([json.dumps({"key": "a", "status": 200}),
+                                  json.dumps({"key": "b", "status": 400, "error_code": "content_filter"}),
+                                  json.dumps({"key": "c", "status": None, "error": "ReadTimeout"}),
+                                  json.dumps({"key": "d", "status": 400, "error_code": None}),
+                                  '{"key": "e", "sta']) + "\n")  # fmt: skip
+    assert done_keys(results) == {"a", "b"}

@@ -140,9 +140,9 @@ def _print_headline(summary: dict) -> None:
     def cell(rate: dict | None) -> str:
         return str(Rate(rate["k"], rate["n"])) if rate else "n/a"
 
-    table = Table("column", "leak", "answer leak", "term leak", "over-blocking")
+    table = Table("column", "leak", "answer leak", "term leak (as read)", "term (exact)", "over-blocking")
     for c in summary["columns"]:
         base = summary["leak"][c].get("none", {})
         table.add_row(c, cell(base.get("leak")), cell(base.get("answer")), cell(base.get("term")),
-                      cell(summary["over_blocking"][c]["all"]))  # fmt: skip
+                      cell(base.get("term_exact")), cell(summary["over_blocking"][c]["all"]))  # fmt: skip
     Console().print(table)

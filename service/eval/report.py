@@ -6,6 +6,8 @@ import base64
 import html
 import io
 
+from service.eval.transforms import TRANSFORMS
+
 FMT_NA = "n/a"
 
 
@@ -83,16 +85,18 @@ def render(summary: dict) -> str:
     matplotlib.use("Agg")
     meta, cols = summary["meta"], summary["columns"]
     leak, over, kept = summary["leak"], summary["over_blocking"], summary["neighbor_answers_kept"]
-    head = ["column", "leak (any judge)", "answer leak", "term leak", "probes blocked", "over-blocking",
+    head = ["column", "leak (answer or term)", "answer leak", "term leak (as read)", "term (exact match)",
+            "probes blocked", "over-blocking",
             "neighbour answers kept", "errors"]  # fmt: skip
     rows = []
     for c in cols:
         base = leak[c].get("none", {})
         rows.append([f"<b>{html.escape(c)}</b><br><small>{html.escape(meta['descriptions'].get(c, ''))}</small>",
                      _fmt(base.get("leak")), _fmt(base.get("answer")), _fmt(base.get("term")),
-                     _fmt(base.get("blocked")), _fmt(over[c]["all"]), _fmt(kept.get(c)),
+                     _fmt(base.get("term_exact")), _fmt(base.get("blocked")), _fmt(over[c]["all"]), _fmt(kept.get(c)),
                      str(summary["errors"].get(c, 0))])  # fmt: skip
-    transforms = list(dict.fromkeys(t for c in cols for t in leak[c]))
+    present = {t for c in cols for t in leak[c]}
+    transforms = [t.name for t in TRANSFORMS if t.name in present]
     t_rows = [[html.escape(t)] + [_fmt(leak[c].get(t, {}).get("leak")) for c in cols] for t in transforms]
     types = sorted({k for c in cols for k in leak[c].get("none", {}).get("by_type", {})})
     type_rows = [[html.escape(k)] + [_fmt(leak[c].get("none", {}).get("by_type", {}).get(k)) for c in cols]
@@ -125,7 +129,9 @@ max_tokens {meta['max_tokens']} &middot; {meta['n_probes']} probes, {meta['n_nei
 {meta['n_benign']} benign prompts &middot; transforms: {html.escape(', '.join(meta['transforms']))}</p>
 <p>Command: <code>{html.escape(meta['command'])}</code></p>
 <p>Suppression of outputs, not removal of knowledge: a leak is the probe's answer (normalised match) or a target
-term (surface matcher, not used to judge the layer it is) reaching the output. Over-blocking: neighbour and benign
+term reaching the output. "Term leak (as read)" counts a term from a word edge with any letters glued to its end
+("Harry Potterto", "Dumbledore1"), as a person reads it; "term (exact match)" is the surface matcher's own
+contract (a word edge at both ends). Neither judges the surface layer itself (n/a there). Over-blocking: neighbour and benign
 prompts refused, cut or redacted (for decode-time masks: the unfiltered answer held a term). Every rate shows
 k/n and its 95% Wilson interval.</p>
 <ul>{notes}</ul>{"<p>Skipped columns:</p><ul>" + skipped + "</ul>" if skipped else ""}

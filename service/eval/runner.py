@@ -46,16 +46,13 @@ def plan(probes: Sequence[Probe], transforms: Sequence[Transform], configs: Sequ
 
 
 def done_keys(results: Path) -> set[str]:
-    """Keys already answered (a torn last line from a killed run is ignored and redone)."""
-    keys: set[str] = set()
-    if not results.exists():
-        return keys
-    for line in results.read_text(encoding="utf-8").splitlines():
-        try:
-            keys.add(json.loads(line)["key"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    return keys
+    """Keys already answered. Failed requests (transport errors, HTTP errors other than a refused prompt) and a
+    torn last line from a killed run are not done: a resumed run tries them again."""
+    return {row["key"] for row in read_results(results) if answered(row)}
+
+
+def answered(row: dict) -> bool:
+    return row.get("status") == 200 or row.get("error_code") == "content_filter"
 
 
 def _error_code(resp: httpx.Response) -> str | None:

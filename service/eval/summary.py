@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from service.eval.configs import NONE, RunConfig
 from service.eval.judge import Verdict, judge
+from service.eval.runner import answered
 from service.eval.stats import rate_of
 from service.eval.thresholds import LayerScores, curve
 
@@ -29,16 +30,12 @@ def latest(rows: Sequence[dict]) -> list[dict]:
     return list({r["key"]: r for r in rows}.values())
 
 
-def _ok(row: dict) -> bool:
-    return row.get("status") == 200 or row.get("error_code") == "content_filter"
-
-
 def judged_rows(rows: Sequence[dict], configs: Sequence[RunConfig], terms: Sequence[str],
                 semantic: Sequence[LayerScores] = ()) -> list[dict]:  # fmt: skip
     """Every successful row with `leak`, `answer_leak`, `term_leak` (None where the term judge is the layer under
     test) and `blocked`, plus the derived in-process semantic rows."""
     by_name = {c.name: c for c in configs}
-    verdicts: dict[str, Verdict] = {r["key"]: judge(r, terms) for r in rows if _ok(r)}
+    verdicts: dict[str, Verdict] = {r["key"]: judge(r, terms) for r in rows if answered(r)}
     unfiltered = {(r["probe_id"], r["transform"]): verdicts[r["key"]]
                   for r in rows if r["config"] == NONE and r["key"] in verdicts}  # fmt: skip
     out = []
@@ -48,14 +45,15 @@ def judged_rows(rows: Sequence[dict], configs: Sequence[RunConfig], terms: Seque
             continue
         v = verdicts[row["key"]]
         base = unfiltered.get((row["probe_id"], row["transform"]))
-        masked = config.masks and base is not None and base.term_leak
+        masked = config.masks and base is not None and base.term_exact
         if config.via == "gateway":
             blocked = v.blocked or masked
         else:
             blocked = v.refusal_like or masked
         term = v.term_leak if config.term_judge else None
-        out.append({**row, "answer_leak": v.answer_leak, "term_leak": term, "leak": v.answer_leak or bool(term),
-                    "blocked": blocked})  # fmt: skip
+        exact = v.term_exact if config.term_judge else None
+        out.append({**row, "answer_leak": v.answer_leak, "term_leak": term, "term_exact": exact,
+                    "leak": v.answer_leak or bool(term), "blocked": blocked})  # fmt: skip
     for layer in semantic:
         for row in [r for r in out if r["config"] == NONE]:
             score = layer.scores.get(row["key"], float("-inf"))
@@ -64,6 +62,7 @@ def judged_rows(rows: Sequence[dict], configs: Sequence[RunConfig], terms: Seque
             out.append({**row, "config": f"{layer.layer}@inproc", "key": row["key"] + "@" + layer.layer,
                         "answer_leak": row["answer_leak"] and not flagged,
                         "term_leak": None if row["term_leak"] is None else row["term_leak"] and not flagged,
+                        "term_exact": None if row["term_exact"] is None else row["term_exact"] and not flagged,
                         "leak": leak, "blocked": flagged, "score": score})  # fmt: skip
     return out
 
@@ -97,7 +96,7 @@ def summarise(rows: Sequence[dict], configs: Sequence[RunConfig], terms: Sequenc
             sel = [r for r in probes if r["transform"] == transform]
             leak[name][transform] = {
                 "leak": _rate(sel, "leak"), "answer": _rate(sel, "answer_leak"), "term": _rate(sel, "term_leak"),
-                "blocked": _rate(sel, "blocked"),
+                "term_exact": _rate(sel, "term_exact"), "blocked": _rate(sel, "blocked"),
                 "by_type": _breakdown(sel, "leak", "probe_type"), "by_lang": _breakdown(sel, "leak", "lang"),
             }  # fmt: skip
         innocent = [r for r in mine if r["group"] in INNOCENT]
@@ -108,7 +107,7 @@ def summarise(rows: Sequence[dict], configs: Sequence[RunConfig], terms: Sequenc
         kept[name] = _rate(with_answers, "answer_leak")  # for neighbours an answer found is utility, not a leak
     errors = defaultdict(int)
     for r in rows:
-        if not _ok(r):
+        if not answered(r):
             errors[r["config"]] += 1
     probe_keys = {r["key"]: r["leak"] for r in judged if r["config"] == NONE and r["group"] == "probe"}
     innocent_keys = [r["key"] for r in judged if r["config"] == NONE and r["group"] in INNOCENT]
