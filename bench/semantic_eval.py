@@ -1,6 +1,7 @@
 """Evaluate the semantic layers (issue 4, "Evaluation") on the shared evaluation sets.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.semantic_eval [--split report|tune|all] [--sample 400] [--json out.json]
+    HF_HUB_OFFLINE=1 .venv/bin/python -m bench.semantic_eval --latency-only
 
 Per concept target (bench/semantic_targets.py: eight examples and six counterexamples each, written by hand):
 - positives: the target's probes (question + gold answer, or completion prompt) with the target's `terms` replaced by
@@ -233,6 +234,7 @@ def _percentiles(samples: list[float]) -> dict:
 
 
 def latency(embedder, runs: int = 60) -> dict:
+    load_before = os.getloadavg()[0]  # the CPU is shared: say how busy it was
     policies = [policy_for(t) for t in TARGETS if t.split == "report"]
     guard = SemanticGuard(policies, embedder)
     one = "The farm boy lifted the spaceship out of the swamp with his mind."
@@ -264,8 +266,10 @@ def latency(embedder, runs: int = 60) -> dict:
         "batch_of_16": _percentiles(batches),
         "stream_12_sentences_total_ms": stream_times,
         "torch_threads": _torch_threads(),
+        "load_average_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
-    print(f"\nlatency ({result['targets_loaded']} targets, both layers, {result['torch_threads']} torch threads): "
+    print(f"\nlatency ({result['targets_loaded']} targets, both layers, {result['torch_threads']} torch threads, "
+          f"load average {result['load_average_1m_before_after']}): "
           f"one window {result['one_window']}, batch of 16 {result['batch_of_16']}, "
           f"stream of 12 sentences in 12-char chunks, total ms {stream_times}")  # fmt: skip
     return result
@@ -282,9 +286,13 @@ def main() -> None:
     parser.add_argument("--split", choices=["report", "tune", "all"], default="report")
     parser.add_argument("--sample", type=int, default=400, help="at most this many positives and neighbours")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--latency-only", action="store_true", help="skip the quality numbers")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    report = evaluate(args.split, args.sample)
+    if args.latency_only:
+        report = {"latency": latency(LocalEmbedder())}
+    else:
+        report = evaluate(args.split, args.sample)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))

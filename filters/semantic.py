@@ -213,8 +213,9 @@ class SemanticGuard:
 
     # ---- scoring -----------------------------------------------------------------------------------------------
 
-    def models_for(self, direction: Direction) -> list[TargetModel]:
-        return [m for m in self.models if direction in m.policy.applies_to]
+    def models_for(self, direction: Direction | None) -> list[TargetModel]:
+        """Targets whose policy applies to `direction`; None: every target (e.g. for /v1/moderations)."""
+        return [m for m in self.models if direction is None or direction in m.policy.applies_to]
 
     def _plan(self, texts: Sequence[str], models: list[TargetModel]) -> _Plan:
         plan = _Plan()
@@ -243,32 +244,34 @@ class SemanticGuard:
             results.append(found)
         return results
 
-    def scores(self, texts: Sequence[str], direction: Direction = "output") -> list[list[Detection]]:
+    def scores(self, texts: Sequence[str], direction: Direction | None = "output") -> list[list[Detection]]:
         """Per text, for every (target, layer): its highest-scoring window, flagged or not (for moderation scores)."""
         models = self.models_for(direction)
         plan = self._plan(texts, models)
         return self._verdicts(plan, self._encode(plan), models, flagged_only=False)
 
-    def check_batch(self, texts: Sequence[str], direction: Direction = "output") -> list[list[Detection]]:
+    def check_batch(self, texts: Sequence[str], direction: Direction | None = "output") -> list[list[Detection]]:
         """Per text, the flagged detections (overlapping flagged windows of one target and layer merged)."""
         models = self.models_for(direction)
         plan = self._plan(texts, models)
         return self._verdicts(plan, self._encode(plan), models, flagged_only=True)
 
-    def check(self, text: str, direction: Direction = "output") -> list[Detection]:
+    def check(self, text: str, direction: Direction | None = "output") -> list[Detection]:
         return self.check_batch([text], direction)[0]
 
-    async def scores_async(self, texts: Sequence[str], direction: Direction = "output") -> list[list[Detection]]:
+    async def scores_async(self, texts: Sequence[str], direction: Direction | None = "output") -> list[list[Detection]]:
         models = self.models_for(direction)
         plan = self._plan(texts, models)
         return self._verdicts(plan, await self._encode_async(plan), models, flagged_only=False)
 
-    async def check_batch_async(self, texts: Sequence[str], direction: Direction = "output") -> list[list[Detection]]:
+    async def check_batch_async(
+        self, texts: Sequence[str], direction: Direction | None = "output"
+    ) -> list[list[Detection]]:
         models = self.models_for(direction)
         plan = self._plan(texts, models)
         return self._verdicts(plan, await self._encode_async(plan), models, flagged_only=True)
 
-    async def check_async(self, text: str, direction: Direction = "output") -> list[Detection]:
+    async def check_async(self, text: str, direction: Direction | None = "output") -> list[Detection]:
         return (await self.check_batch_async([text], direction))[0]
 
     def _encode(self, plan: _Plan) -> np.ndarray:

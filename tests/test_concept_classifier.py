@@ -117,6 +117,7 @@ def test_classifier_is_cached_by_policy_version():
 
 def test_directions_follow_applies_to(guard):
     assert guard.check(PARAPHRASES[0], direction="input") == []  # the example policy screens output only
+    assert guard.check(PARAPHRASES[0], direction=None)  # None: every target, whatever it applies to
     both = SemanticGuard([spiderman_variant(applies_to=["input", "output"])], shared_embedder(), shared_cache())
     assert both.check(PARAPHRASES[0], direction="input")
 

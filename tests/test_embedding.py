@@ -66,9 +66,11 @@ def test_missing_model_folder_says_which(tmp_path):
         LocalEmbedder(missing).encode(["hello"])
 
 
-def test_bad_batch_size_is_rejected():
+def test_bad_batch_size_and_threads_are_rejected():
     with pytest.raises(ValueError, match="batch_size"):
         LocalEmbedder(batch_size=0)
+    with pytest.raises(ValueError, match="torch_threads"):
+        LocalEmbedder(torch_threads=0)
 
 
 class _EmbeddingsHandler(BaseHTTPRequestHandler):
