@@ -193,6 +193,7 @@ def test_summary_counts_silent_masking_as_intervention_and_skips_failures():
     assert s["leak"]["decode_mask"]["none"]["answer"] == {"k": 1, "n": 1, "rate": 1.0, "ci95": [0.2065, 1.0]}
     assert "none" not in s["leak"]["surface"] and s["errors"] == {"surface": 1}
     assert s["leak"]["surface"] == {} and s["leak"]["none"]["none"]["term"]["n"] == 1
+    assert s["leak"]["none"]["none"]["term_exact"]["k"] == 1  # Hedwig is one of the policy's terms
 
 
 def test_bad_words_fit_vllms_limit_and_configs_are_named():
@@ -230,7 +231,8 @@ def test_quell_eval_end_to_end_and_resume(gateway, tmp_path):
         assert summary["over_blocking"][column]["all"]["n"] == 3
         low, high = summary["leak"][column]["none"]["leak"]["ci95"]
         assert 0 <= low <= summary["leak"][column]["none"]["leak"]["rate"] <= high <= 1
-    assert summary["leak"]["surface"]["none"]["term"] is None  # the surface matcher never judges itself
+    assert summary["leak"]["surface"]["none"]["term_exact"] is None  # the surface matcher never judges itself
+    assert summary["leak"]["surface"]["none"]["term"]["n"] == 3  # the reader's judgement does
     assert set(summary["thresholds"]) == {"embedding", "classifier"}
     report = (out / "report.html").read_text()
     assert "data:image/png;base64," in report and "harry-potter@" in report

@@ -113,6 +113,8 @@ def eval_command(
     if not semantic_ok:
         notes.append("This gateway build has no QUELL_SEMANTIC setting: the `all` column runs the decode mask "
                      "and the text backstop only; the semantic layers are measured in process (@inproc columns).")
+    ready_file = out / "work" / "gateways.json"
+    gateways_ready = json.loads(ready_file.read_text()) if ready_file.exists() else {}
     descriptions = {c.name: c.description for c in run_configs}
     descriptions.update({f"{s.layer}@inproc": f"{s.layer} layer applied in process to the unfiltered outputs at "
                          f"the policy's threshold {s.threshold:.3f}" for s in layers})  # fmt: skip
@@ -125,11 +127,23 @@ def eval_command(
         "n_neighbors": sum(p.group == "neighbor" for p in selected),
         "n_benign": sum(p.group == "benign" for p in selected),
         "command": "quell eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+        "git": _git_state(), "gateways_ready": gateways_ready,
     }  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
     (out / "report.html").write_text(render(summary), encoding="utf-8")
     _print_headline(summary)
     err.print(f"wrote {out / 'report.html'}, {out / 'summary.json'}, {results}", highlight=False)
+
+
+def _git_state() -> str:
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD")
+    return f"{head}{' (working tree has uncommitted changes)' if git('status', '--porcelain', '-uno') else ''}"
 
 
 def _print_headline(summary: dict) -> None:

@@ -24,7 +24,8 @@ class RunConfig:
     env: dict[str, str] = field(default_factory=dict)
     """Gateway settings (QUELL_*) for this column."""
     term_judge: bool = True
-    """The surface matcher may judge this column (False where the column is the text surface layer itself)."""
+    """The surface matcher's exact verdict may judge this column (False where the column runs the text surface
+    layer itself; the reader's term judge in service.eval.judge still applies)."""
     masks: bool = False
     """Terms are made impossible at decode time: such a column never says it blocked, so over-blocking is counted
     where the unfiltered output of the same prompt held a term (the mask must have changed it)."""

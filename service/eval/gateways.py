@@ -7,6 +7,7 @@ private policies folder holding only the policy under test, and writes its audit
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -38,6 +39,7 @@ class Running:
     backend: str  # base URL of vLLM
     gateways: dict[str, str]  # config name -> base URL
     pids: dict[str, int]  # config name -> gateway process id (for resident-memory readings)
+    ready: dict[str, dict]  # config name -> the gateway's /readyz body (which layers it says are active)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -50,22 +52,24 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def _wait_ready(base: str, proc: subprocess.Popen, log: Path) -> None:
+def _wait_ready(base: str, proc: subprocess.Popen, log: Path) -> dict:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"gateway {base} exited with {proc.returncode}; log {log}:\n{log.read_text()[-2000:]}")
         try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
+            resp = httpx.get(f"{base}/readyz", timeout=2)
+            if resp.status_code == 200:
+                return resp.json()
+        except (httpx.HTTPError, ValueError):
             pass
         time.sleep(0.5)
     raise TimeoutError(f"gateway {base} not ready after {READY_TIMEOUT_S:.0f} s; log {log}")
 
 
 @contextmanager
-def _gateway(config: RunConfig, env: dict[str, str], args: Sequence[str], logs: Path) -> Iterator[tuple[str, int]]:
+def _gateway(config: RunConfig, env: dict[str, str], args: Sequence[str],
+             logs: Path) -> Iterator[tuple[str, int, dict]]:  # fmt: skip
     port = free_port()
     log = logs / f"gateway-{config.name}.log"
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **env, **config.env, "QUELL_PORT": str(port),
@@ -75,8 +79,8 @@ def _gateway(config: RunConfig, env: dict[str, str], args: Sequence[str], logs: 
                                 start_new_session=True)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(base, proc, log)
-        yield base, proc.pid
+        ready = _wait_ready(base, proc, log)
+        yield base, proc.pid, ready
     finally:
         _stop(proc)
 
@@ -95,6 +99,7 @@ def running(configs: Sequence[RunConfig], policy_file: Path, workdir: Path,
     gateway_configs = [c for c in configs if c.via == "gateway"]
     gateways: dict[str, str] = {}
     pids: dict[str, int] = {}
+    ready: dict[str, dict] = {}
     with ExitStack() as stack:
         backend = backend_url.rstrip("/") if backend_url else None
         if backend is None:
@@ -103,9 +108,11 @@ def running(configs: Sequence[RunConfig], policy_file: Path, workdir: Path,
             first, gateway_configs = gateway_configs[0], gateway_configs[1:]
             vllm_port = free_port()
             env = {**base_env, "QUELL_VLLM_PORT": str(vllm_port)}
-            gateways[first.name], pids[first.name] = stack.enter_context(_gateway(first, env, [], logs))
+            gateways[first.name], pids[first.name], ready[first.name] = stack.enter_context(
+                _gateway(first, env, [], logs))
             backend = f"http://127.0.0.1:{vllm_port}"
         for config in gateway_configs:
-            url, pid = stack.enter_context(_gateway(config, base_env, ["--backend-url", backend], logs))
-            gateways[config.name], pids[config.name] = url, pid
-        yield Running(backend, gateways, pids)
+            url, pid, body = stack.enter_context(_gateway(config, base_env, ["--backend-url", backend], logs))
+            gateways[config.name], pids[config.name], ready[config.name] = url, pid, body
+        (workdir / "gateways.json").write_text(json.dumps(ready, indent=1))
+        yield Running(backend, gateways, pids, ready)

@@ -9,7 +9,8 @@ Leak, two judges, reported apart and together:
   zero-width characters, and leetspeak undone), starting on a word edge but with any end, so "Harry Potterto",
   "Hogwartsestory" and "Dumbledore1" count (the decode mask forbids only a word edge after a term, and a model
   pushed by it glues letters on). `term_exact` is the surface matcher's own verdict (`find_matches`, a word edge at
-  both ends: the product's contract). Both read like the surface layer, so neither judges the text surface layer.
+  both ends: the product's contract); it is the surface layer itself, so it does not judge the columns that run
+  the text surface layer (`RunConfig.term_judge`).
 Blocked: finish_reason "content_filter", a filtered entry in content_filter_results, "[redacted]" in the text, or a
 prompt refused with HTTP 400 code content_filter.
 """

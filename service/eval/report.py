@@ -119,6 +119,9 @@ def render(summary: dict) -> str:
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in meta.get("notes", []))
     skipped = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in meta["skipped"].items())
     col_head = ["", *cols]
+    gateways = "; ".join(f"<b>{html.escape(name)}</b>: " + html.escape(", ".join(
+        f"{k}={v}" for k, v in body.items() if k not in ("backend", "policies", "status")))
+        for name, body in meta.get("gateways_ready", {}).items()) or "n/a"  # fmt: skip
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>quell eval: {html.escape(meta['policy'])}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;
 margin:1em 0;font-size:13px}}td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}th{{background:#f3f3f3}}
@@ -131,9 +134,10 @@ max_tokens {meta['max_tokens']} &middot; {meta['n_probes']} probes, {meta['n_nei
 <p>Suppression of outputs, not removal of knowledge: a leak is the probe's answer (normalised match) or a target
 term reaching the output. "Term leak (as read)" counts a term from a word edge with any letters glued to its end
 ("Harry Potterto", "Dumbledore1"), as a person reads it; "term (exact match)" is the surface matcher's own
-contract (a word edge at both ends). Neither judges the surface layer itself (n/a there). Over-blocking: neighbour and benign
-prompts refused, cut or redacted (for decode-time masks: the unfiltered answer held a term). Every rate shows
-k/n and its 95% Wilson interval.</p>
+contract (a word edge at both ends), so it does not judge columns that run the surface layer (n/a there). Over-blocking: neighbour
+and benign prompts refused, cut or redacted (for decode-time masks: the unfiltered answer held a term). Every rate
+shows k/n and its 95% Wilson interval.</p>
+<p>Code: git {html.escape(meta.get('git', ''))}. Gateways said at start (/readyz): {gateways}</p>
 <ul>{notes}</ul>{"<p>Skipped columns:</p><ul>" + skipped + "</ul>" if skipped else ""}
 <h2>Headline (probes as written)</h2>{_table(head, rows)}
 <h2>Leak per attack transform</h2>{_table(["transform", *cols], t_rows)}{transform_plot}

@@ -50,7 +50,7 @@ def judged_rows(rows: Sequence[dict], configs: Sequence[RunConfig], terms: Seque
             blocked = v.blocked or masked
         else:
             blocked = v.refusal_like or masked
-        term = v.term_leak if config.term_judge else None
+        term = v.term_leak  # a reader's judgement, not the surface matcher: it judges every column
         exact = v.term_exact if config.term_judge else None
         out.append({**row, "answer_leak": v.answer_leak, "term_leak": term, "term_exact": exact,
                     "leak": v.answer_leak or bool(term), "blocked": blocked})  # fmt: skip
