@@ -11,7 +11,7 @@ Per concept target (bench/semantic_targets.py: eight examples and six counterexa
   reporting (never both).
 Each text is cut into the product's windows (2 sentences, overlap 1) and scores its best window. Methods:
 `embedding` (the blocklist layer, max cosine), `classifier` (the product's classifier: logistic regression plus
-the counterexample veto), and two alternatives: `logreg` (no veto) and `margin` (max cosine to the examples minus
+the counterexample veto), `either` (both layers on: flagged when either flags), and two alternatives: `logreg` (no veto) and `margin` (max cosine to the examples minus
 max cosine to the counterexamples). Thresholds are the product's `auto` ones (FPR 1% on counterexamples +
 background); nothing is fitted on the evaluation texts. Reported: AUROC positives vs neighbours and vs benign, and at
 the auto threshold recall, neighbour FPR and benign FPR with the counts behind each rate. Then CPU latency of
@@ -184,8 +184,10 @@ def evaluate(split: str, sample: int) -> dict:
         window = policy_for(target).semantic.window
         pos_s, neigh_s = WindowScorer(embedder, window, pos), WindowScorer(embedder, window, neigh)
         rows = {}
+        flags = {}
         for name, (fn, threshold) in methods(target, embedder, background).items():
             p, n, b = pos_s.best(fn), neigh_s.best(fn), benign_scorer.best(fn)
+            flags[name] = (p >= threshold, n >= threshold, b >= threshold)
             rows[name] = {
                 "auroc_neighbours": round(auroc(p, n), 3),
                 "auroc_benign": round(auroc(p, b), 3),
@@ -194,6 +196,16 @@ def evaluate(split: str, sample: int) -> dict:
                 "neighbour_fpr": [int((n >= threshold).sum()), len(n)],
                 "benign_fpr": [int((b >= threshold).sum()), n_benign],
             }
+        # both product layers enabled: a text is flagged when either layer flags it (no AUROC: two thresholds)
+        p, n, b = (flags["embedding"][i] | flags["classifier"][i] for i in range(3))
+        rows["either"] = {
+            "auroc_neighbours": float("nan"),
+            "auroc_benign": float("nan"),
+            "threshold": float("nan"),
+            "recall": [int(p.sum()), len(p)],
+            "neighbour_fpr": [int(n.sum()), len(n)],
+            "benign_fpr": [int(b.sum()), n_benign],
+        }
         report[target.id] = {"split": target.split, "methods": rows}
         _print_target(target.id, target.split, rows)
     _check_product_path(embedder)
