@@ -51,7 +51,7 @@ def vllm_server(port: int) -> Iterator[str]:
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 420
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"vLLM exited with {process.returncode}; see {log.name}")
@@ -59,7 +59,7 @@ def vllm_server(port: int) -> Iterator[str]:
                 if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"vLLM not ready after 240 s; see {log.name}")
+                raise RuntimeError(f"vLLM not ready after 420 s; see {log.name}")
             time.sleep(1)
         yield url
     finally:

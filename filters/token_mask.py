@@ -29,8 +29,10 @@ from filters.vocab import VocabularyIndex
 
 log = logging.getLogger(__name__)
 
-MAX_CACHED_MASKS = 2048
-"""Masks kept per term set (each is one bool per token id); the cache is cleared when it is full."""
+MAX_CACHED_MASKS = 1024
+"""Masks kept per term set (one bool per token id: 48 KiB for a 49k vocabulary); cleared when full."""
+MAX_CACHED_END_STATES = 128
+"""End-state arrays kept per term set (one int32 per token id); cleared when full."""
 
 
 class TokenMasks:
@@ -112,7 +114,7 @@ class TokenMasks:
             states[:count] = nxt
         ends = np.full(self.vocab.size, state, dtype=np.int32)
         ends[self._order] = states
-        if len(self._ends) >= MAX_CACHED_MASKS:
+        if len(self._ends) >= MAX_CACHED_END_STATES:
             self._ends.clear()
         self._ends[state] = ends
         return ends

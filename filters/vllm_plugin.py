@@ -40,6 +40,8 @@ TERMS_KEY = "quell_terms"
 MAX_TERMS = 100_000
 MAX_TERMS_BYTES = 4 * 1024 * 1024
 MAX_CACHED_TERM_SETS = 16
+MAX_CACHED_BANNED_IDS = 1024
+"""Banned-id tensors kept across term sets (a pending state bans ~33k ids: 260 KiB); cleared when full."""
 
 
 def parse_terms(extra_args: dict[str, Any] | None) -> tuple[str, ...]:
@@ -168,7 +170,7 @@ class QuellLogitsProcessor(LogitsProcessor):
             key = (request.set_key, cursor.state, cursor.tail, last)
             ids = self._banned_ids.get(key)
             if ids is None:
-                if len(self._banned_ids) >= 8192:
+                if len(self._banned_ids) >= MAX_CACHED_BANNED_IDS:
                     self._banned_ids.clear()
                 banned = masks.banned(cursor.state, cursor.tail, last=last)
                 ids = torch.from_numpy(np.flatnonzero(banned)).to(self.device, non_blocking=True)
