@@ -15,7 +15,8 @@ from filters.decision import Decision
 from service.audit import AuditEvent, AuditLog
 from service.auth import KeyRing, exposure_problem
 from service.metrics import Metrics, RequestMetricsMiddleware
-from service.policy_registry import PolicyRegistry
+from service.policy_registry import PolicyRegistry, PolicySnapshot
+from service.semantic_runtime import SemanticRuntime, make_embedder
 from service.policy_registry import watch as watch_policies
 from service.settings import DecodeMask, Settings
 from service.vllm_process import ManagedVLLM
@@ -33,6 +34,7 @@ class Gateway:
     keys: KeyRing
     metrics: Metrics
     audit: AuditLog
+    semantic: SemanticRuntime
     managed: ManagedVLLM | None = None
     decode_mask: bool = False
     connected: bool = False
@@ -46,6 +48,17 @@ class Gateway:
         store = self.settings.audit_store_text
         self.audit.record(AuditEvent.from_decision(d, request_id=request_id, tenant=tenant, store_text=store, text=text)
                           for d in decisions)  # fmt: skip
+
+    async def reload_policies(self) -> PolicySnapshot:
+        snapshot = await asyncio.to_thread(self.registry.reload)
+        self.warm_semantic(snapshot)
+        return snapshot
+
+    def warm_semantic(self, snapshot: PolicySnapshot) -> None:
+        """Train the default policy set's semantic layers now, not on the first request."""
+        policies = snapshot.select(snapshot.default_ids())
+        if self.semantic.relevant(policies, "output") or self.semantic.relevant(policies, "input"):
+            self._tasks.append(asyncio.ensure_future(self.semantic.guard(policies)))
 
     @property
     def capability(self) -> str:
@@ -103,11 +116,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             managed.start()
             url = managed.url
         backend = Backend(url, settings.backend_api_key, settings.backend_timeout_s)
-        gateway = Gateway(settings, registry, backend, keys, metrics, audit, managed)
+        semantic = SemanticRuntime(make_embedder(settings), settings.semantic_layers)
+        gateway = Gateway(settings, registry, backend, keys, metrics, audit, semantic, managed)
+        gateway.warm_semantic(snapshot)
         app.state.gateway = gateway
         gateway._tasks.append(asyncio.create_task(gateway.connect_backend()))
         if settings.policies.is_dir():
-            gateway._tasks.append(asyncio.create_task(watch_policies(registry, settings.reload_debounce_ms)))
+            gateway._tasks.append(asyncio.create_task(
+                watch_policies(settings.policies, gateway.reload_policies, settings.reload_debounce_ms)))
         try:
             yield
         finally:
@@ -121,11 +137,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Quell", version="0.1.0", lifespan=lifespan)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     install_error_handlers(app)
-    from service.routes import admin, health, openai
+    from service.routes import admin, health, moderations, openai
     from service.routes import metrics as metrics_routes
 
     app.include_router(health.router)
     app.include_router(openai.router)
+    app.include_router(moderations.router)
     app.include_router(admin.router)
     app.include_router(metrics_routes.router)
     return app

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -18,11 +17,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from filters.decision import ACTION_RANK, Decision, Layer
 from filters.policy import Policy
+from filters.semantic import SemanticGuard
 from filters.stream_guard import GuardStep, OutputGuard
 from filters.surface import SurfaceLayer
 from service.backend import Backend
+from service.choice_guard import ChoiceGuard
 from service.errors import APIError
 from service.policy_registry import surface_layer
+from service.semantic_runtime import SemanticRuntime
 
 log = logging.getLogger("quell.completions")
 
@@ -42,11 +44,14 @@ class GuardedRequest:
     policies: list[Policy]
     decode_mask: bool
     text_backstop: bool
+    runtime: SemanticRuntime
+    semantic: SemanticGuard | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     report: Report | None = None
     observe_layer: Callable[[str, float], None] | None = None
     surface: SurfaceLayer = field(init=False)
-    guard_seconds: float = 0.0
+    surface_seconds: float = 0.0
+    semantic_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         self.surface = surface_layer(self.policies, "output")
@@ -59,9 +64,13 @@ class GuardedRequest:
         if decisions and self.report is not None:
             self.report(decisions, text)
 
-    def done(self) -> None:
-        if self.observe_layer is not None and self.text_backstop:
-            self.observe_layer(str(Layer.SURFACE), self.guard_seconds)
+    def done(self, guards: list[ChoiceGuard]) -> None:
+        if self.observe_layer is None:
+            return
+        if self.text_backstop:
+            self.observe_layer(str(Layer.SURFACE), sum(g.surface_seconds for g in guards))
+        if self.semantic is not None:
+            self.observe_layer("semantic", sum(g.semantic_seconds for g in guards))
 
     def upstream_body(self) -> dict:
         body = dict(self.body)
@@ -75,9 +84,10 @@ class GuardedRequest:
             body["vllm_xargs"] = xargs
         return body
 
-    def new_guard(self) -> OutputGuard:
+    def new_guard(self) -> ChoiceGuard:
         layer = self.surface if self.text_backstop else SurfaceLayer([])
-        return OutputGuard(layer)
+        refusals = {p.ref: p.refusal for p in self.policies}
+        return ChoiceGuard(OutputGuard(layer), self.semantic, self.runtime, refusals)
 
 
 def content_filter_results(decisions: list[Decision]) -> dict:
@@ -114,25 +124,25 @@ async def respond_json(backend: Backend, req: GuardedRequest) -> JSONResponse:
     if resp.status_code >= 400:
         return _relay_error(resp)
     payload = resp.json()
+    guards = []
     for choice in payload.get("choices", []):
         text = _get_text(req.kind, choice, streaming=False)
         if text is None:
             continue
-        started = time.perf_counter()
         guard = req.new_guard()
-        first, last = guard.feed(text), guard.finish()
-        req.guard_seconds += time.perf_counter() - started
-        decisions = list(first.decisions + last.decisions)
+        guards.append(guard)
+        out, stopped = await guard.whole(text)
+        decisions = guard.decisions
         req.decided(decisions, text)
         if not decisions:
             continue
-        refusal = first.refusal or last.refusal
-        _set_text(req.kind, choice, False, refusal if refusal else first.text + last.text)
-        choice.pop("logprobs", None)  # token logprobs would spell out what the guard removed
-        if guard.stopped:
+        if out != text:
+            _set_text(req.kind, choice, False, out)
+            choice.pop("logprobs", None)  # token logprobs would spell out what the guard removed
+        if stopped:
             choice["finish_reason"] = "content_filter"
         choice["content_filter_results"] = content_filter_results(decisions)
-    req.done()
+    req.done(guards)
     return JSONResponse(payload, headers=req.headers)
 
 
@@ -166,8 +176,7 @@ async def respond_stream(backend: Backend, req: GuardedRequest) -> StreamingResp
 async def _guarded_events(cm, resp, req: GuardedRequest) -> AsyncIterator[bytes]:
     """Re-emit the backend's SSE events with each choice's text guarded. Closing this generator (the client went
     away) closes the upstream response, and vLLM aborts the generation."""
-    guards: dict[int, OutputGuard] = {}
-    decisions: dict[int, list[Decision]] = {}
+    guards: dict[int, ChoiceGuard] = {}
     seen: dict[int, list[str]] = {}  # what the model said per choice, for the audit's optional hash/snippet
     finished: set[int] = set()
     want_usage = bool((req.body.get("stream_options") or {}).get("include_usage"))
@@ -187,15 +196,12 @@ async def _guarded_events(cm, resp, req: GuardedRequest) -> AsyncIterator[bytes]
                     continue  # this choice was cut by a layer: drop the rest of what the model says
                 guard = guards.setdefault(idx, req.new_guard())
                 text = _get_text(req.kind, choice, streaming=True)
-                started = time.perf_counter()
-                step = guard.feed(text) if text else GuardStep("")
+                step = await guard.feed(text) if text else GuardStep("")
                 if choice.get("finish_reason") is not None and not step.stopped:
-                    end = guard.finish()
+                    end = await guard.finish()
                     step = GuardStep(step.text + end.text, step.decisions + end.decisions, end.stopped, end.refusal)
-                req.guard_seconds += time.perf_counter() - started
                 if text:
                     seen.setdefault(idx, []).append(text)
-                decisions.setdefault(idx, []).extend(step.decisions)
                 if text is not None or step.text:
                     if step.text != text:
                         choice.pop("logprobs", None)
@@ -207,9 +213,9 @@ async def _guarded_events(cm, resp, req: GuardedRequest) -> AsyncIterator[bytes]
                     choice.pop("logprobs", None)
                 if choice.get("finish_reason") is not None:
                     finished.add(idx)
-                    if decisions.get(idx):
-                        choice["content_filter_results"] = content_filter_results(decisions[idx])
-                        req.decided(decisions[idx], "".join(seen.get(idx, [])))
+                    if guard.decisions:
+                        choice["content_filter_results"] = content_filter_results(guard.decisions)
+                        req.decided(guard.decisions, "".join(seen.get(idx, [])))
                 out_choices.append(choice)
             if chunk.get("choices") and not out_choices:
                 continue
@@ -219,5 +225,5 @@ async def _guarded_events(cm, resp, req: GuardedRequest) -> AsyncIterator[bytes]
                 break  # every choice is done; stop the backend early if a layer cut it
         yield b"data: [DONE]\n\n"
     finally:
-        req.done()
+        req.done(list(guards.values()))
         await cm.__aexit__(None, None, None)

@@ -17,8 +17,10 @@ class APIError(Exception):
     """An error the client should see, in OpenAI's shape: {"error": {message, type, param, code}}."""
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None):  # fmt: skip
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None,
+                 extra: dict | None = None):  # fmt: skip
         super().__init__(message)
+        self.extra = extra or {}
         self.status = status
         self.message = message
         self.type = type
@@ -27,7 +29,8 @@ class APIError(Exception):
         self.headers = headers
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code,
+                          **self.extra}}  # fmt: skip
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
@@ -38,8 +41,14 @@ def backend_unavailable(detail: str) -> APIError:
                     code="backend_unavailable", headers={"Retry-After": "5"})  # fmt: skip
 
 
+def _is_type_tag(part: object) -> bool:
+    """pydantic puts the union member it tried into `loc` ("constrained-str", "list[str]"): not a field name."""
+    text = str(part)
+    return "[" in text or text.startswith(("constrained-", "function-")) or text in ("str", "int", "float", "bool")
+
+
 def _loc_to_param(loc: tuple) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header") and not _is_type_tag(p)]
     out = ""
     for p in parts:
         out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)

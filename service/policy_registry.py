@@ -6,13 +6,12 @@ a request in flight.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from filters.policy import Policy
@@ -107,12 +106,12 @@ class PolicyRegistry:
         return loaded.file if loaded is not None else self.directory / f"{policy_id}.yaml"
 
 
-async def watch(registry: PolicyRegistry, debounce_ms: int) -> None:
-    """Reload whenever the directory changes (also a Kubernetes ConfigMap's atomic `..data` symlink swap)."""
+async def watch(directory: Path, reload: Callable[[], Awaitable[object]], debounce_ms: int) -> None:
+    """Call `reload` whenever the directory changes (also a Kubernetes ConfigMap's atomic `..data` symlink swap)."""
     from watchfiles import awatch
 
-    async for _changes in awatch(registry.directory, debounce=debounce_ms, step=50):
+    async for _changes in awatch(directory, debounce=debounce_ms, step=50):
         try:
-            await asyncio.to_thread(registry.reload)
+            await reload()
         except Exception:  # a reload must never kill the watcher
             log.exception("policy reload failed; last good policies stay active")

@@ -6,7 +6,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     text_backstop: bool = True
     """The gateway's own streaming matcher on every response; turn off only to measure the decode mask alone."""
 
+    semantic: str = "embedding,classifier"
+    """Semantic layers to run (comma list of `embedding`, `classifier`), or `none`. Each concept target also
+    chooses its own layers in its policy; this switch turns a layer off for the whole gateway."""
+    embeddings_url: str | None = None
+    """An OpenAI-compatible /v1/embeddings server for the semantic layers; unset: the local MiniLM model."""
+    embeddings_model: str = "all-MiniLM-L6-v2"
+    embeddings_api_key: str | None = None
+
     admin_token: SecretStr | None = None
     """Operator token for /admin (Bearer). Unset: the admin API answers 401 to everyone."""
     keys_file: Path | None = None
@@ -57,3 +65,16 @@ class Settings(BaseSettings):
     """Audit events never hold prompt or response text unless this says so."""
 
     log_level: str = "info"
+
+    @field_validator("semantic")
+    @classmethod
+    def _known_layers(cls, value: str) -> str:
+        layers = {v.strip() for v in value.split(",") if v.strip()}
+        unknown = layers - {"embedding", "classifier", "none"}
+        if unknown or ("none" in layers and len(layers) > 1):
+            raise ValueError(f"QUELL_SEMANTIC must be 'none' or a comma list of embedding, classifier; got {value!r}")
+        return ",".join(sorted(layers - {"none"})) or "none"
+
+    @property
+    def semantic_layers(self) -> frozenset[str]:
+        return frozenset() if self.semantic == "none" else frozenset(self.semantic.split(","))

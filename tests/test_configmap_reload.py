@@ -128,14 +128,12 @@ async def _until(predicate, timeout_s: float = 15.0) -> None:
 
 
 def test_watcher_follows_kubelet_swaps(mount: KubeletMount) -> None:
-    watch = getattr(policy_registry, "watch", None)
-    if watch is None:
-        pytest.skip("service.policy_registry has no watch() yet; reload() is tested above")
+    watch = policy_registry.watch
     registry = PolicyRegistry(mount.root)
     registry.reload()
 
     async def scenario() -> None:
-        task = asyncio.create_task(watch(registry, 50))
+        task = asyncio.create_task(watch(mount.root, lambda: asyncio.to_thread(registry.reload), 50))
         try:
             await asyncio.sleep(0.5)  # let the watcher subscribe before the first swap
             mount.write({"policy.yaml": policy(["Bazqux"])})

@@ -56,7 +56,8 @@ def curve(layer: LayerScores, leaked: dict[str, bool], innocent: Sequence[str]) 
     finite = [s for s in layer.scores.values() if np.isfinite(s)]
     if not finite:
         return []
-    grid = set(np.linspace(min(finite), max(finite) + 1e-6, CURVE_POINTS).round(4).tolist()) | {layer.threshold}
+    low, high = min(finite) - 1e-3, max(finite) + 1e-3  # from "flag everything" to "flag nothing"
+    grid = set(np.linspace(low, high, CURVE_POINTS).round(4).tolist()) | {layer.threshold}
     points = []
     for t in sorted(grid):
         leaks = sum(1 for key, leak in leaked.items() if leak and layer.scores.get(key, float("-inf")) < t)

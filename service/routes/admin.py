@@ -109,7 +109,7 @@ async def put_policy(policy_id: str, request: Request, gateway: GatewayDep, _bod
         except OSError as exc:
             raise APIError(409, f"cannot write {path}: {exc.strerror} (a read-only mount such as a ConfigMap? "
                                 "edit the source instead)", code="policies_read_only") from None  # fmt: skip
-        snapshot = await asyncio.to_thread(gateway.registry.reload)
+        snapshot = await gateway.reload_policies()
     live = snapshot.policies.get(policy_id)
     return JSONResponse({"valid": True, "policy": _summary(policy), "file": str(path),
                          "active_version": live.policy.version if live else None})  # fmt: skip
@@ -135,7 +135,7 @@ async def audit_events(gateway: GatewayDep, since: str | None = None, policy: st
 
 @router.post("/reload")
 async def reload_policies(gateway: GatewayDep) -> dict:
-    snapshot = await asyncio.to_thread(gateway.registry.reload)
+    snapshot = await gateway.reload_policies()
     return {"policies": [lp.policy.ref for lp in snapshot.policies.values()],
             "errors": [e for issues in snapshot.errors.values() for e in _issues(issues)]}  # fmt: skip
 

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Header
 
 from filters.policy import Policy
 from service.auth import Tenant
-from service.completions import GuardedRequest, Kind, respond_json, respond_stream
+from service import input_screen
+from service.completions import GuardedRequest, Kind, content_filter_results, respond_json, respond_stream
 from service.deps import GatewayDep, TenantDep
 from service.errors import APIError, backend_unavailable
 from service.policy_registry import PolicySnapshot
@@ -66,9 +67,16 @@ async def _complete(kind: Kind, request: ChatCompletionRequest | CompletionReque
         raise APIError(404, f"model {request.model!r} does not exist; available: {', '.join(models)}",
                        param="model", code="model_not_found")  # fmt: skip
     body = request.model_dump(exclude_unset=True, exclude={"quell"})
-    req = GuardedRequest(kind, body, policies, gateway.decode_mask, gateway.settings.text_backstop)
+    runtime = gateway.semantic
+    req = GuardedRequest(kind, body, policies, gateway.decode_mask, gateway.settings.text_backstop, runtime)
     req.report = lambda decisions, text: gateway.report(decisions, text, req.request_id, tenant.id)
     req.observe_layer = gateway.metrics.observe_layer
+    with gateway.metrics.time_layer("input_screen"):
+        inbound, screened = await input_screen.screen(kind, body, policies, runtime)
+    req.decided(inbound, screened)
+    if any(d.action != "flag" for d in inbound):
+        raise input_screen.blocked_error(inbound, content_filter_results(inbound))
+    req.semantic = await runtime.guard(runtime.relevant(policies, "output"))
     with gateway.metrics.time_backend(kind):  # for streams: until the response starts
         if request.stream:
             return await respond_stream(gateway.backend, req)

@@ -1,0 +1,63 @@
+"""The input screen: policies that apply to `input` check the prompt before the backend is called.
+
+Each policy reads its `semantic.input_scope` (the last user message by default, or the whole conversation); the
+surface layer and the semantic layers both look at that text. Any detection whose action is not `flag` blocks the
+request: HTTP 400 with code `content_filter`, and no backend call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from filters.decision import Decision, Layer
+from filters.policy import InputScope, Policy
+from filters.semantic import input_text
+from filters.text_matcher import find_matches
+from service.errors import APIError
+from service.policy_registry import surface_layer
+from service.semantic_runtime import SemanticRuntime
+
+
+def prompt_messages(kind: str, body: dict) -> list[dict]:
+    """The input as chat messages (a completion prompt becomes one user message per prompt string)."""
+    if kind == "chat":
+        return list(body.get("messages") or [])
+    prompt = body.get("prompt")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not all(isinstance(p, str) for p in prompts or []):
+        raise APIError(400, "token-id prompts cannot be screened by this gateway's input policies; send text",
+                       param="prompt", code="content_filter_unscreenable")  # fmt: skip
+    return [{"role": "user", "content": p} for p in prompts]
+
+
+async def screen(kind: str, body: dict, policies: Sequence[Policy], runtime: SemanticRuntime) -> tuple[list[Decision], str]:
+    """Decisions on the input, and the text they were made on (for the audit)."""
+    inbound = [p for p in policies if "input" in p.applies_to]
+    if not inbound:
+        return [], ""
+    messages = prompt_messages(kind, body)
+    decisions: list[Decision] = []
+    texts: list[str] = []
+    for scope in InputScope:
+        group = [p for p in inbound if p.semantic.input_scope == scope]
+        if not group:
+            continue
+        layer = surface_layer(group, "input")
+        text = input_text(messages, scope)
+        texts.append(text)
+        if layer.automaton is not None:
+            for m in find_matches(layer.automaton, text):
+                rule = layer.strongest(m.term)
+                decisions.append(Decision(rule.policy_ref, rule.target_id, Layer.SURFACE, rule.action.value, 1.0,
+                                          m.start, m.end))  # fmt: skip
+    guard = await runtime.guard(runtime.relevant(inbound, "input"))
+    if guard is not None:
+        decisions += runtime.keep(await guard.check_messages_async(messages))
+    return decisions, "\n".join(texts)
+
+
+def blocked_error(decisions: list[Decision], content_filter_results: dict) -> APIError:
+    first = next(d for d in decisions if d.action != "flag")
+    return APIError(400, f"the prompt was blocked by policy {first.policy_ref} (target {first.target_id}, layer "
+                         f"{first.layer})", param="messages", code="content_filter",
+                    extra={"content_filter_results": content_filter_results})  # fmt: skip
