@@ -42,7 +42,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     vocab = VocabularyIndex.from_hf_tokenizer(AutoTokenizer.from_pretrained(str(MODEL_DIR)))
-    vocab.char_table
+    _ = vocab.char_table
     print(f"vocabulary index ({vocab.size} tokens, table {vocab.char_table.chars.shape}): "
           f"{time.perf_counter() - t0:.2f} s")  # fmt: skip
     text = "Once upon a time Vostrand met a spider, and they talked about Kalomir Tor for hours."

@@ -65,7 +65,7 @@ def main() -> None:
     with vllm_server(args.port) as url:
         for mode in ("nothing", "bad_words", "plugin"):
             with ThreadPoolExecutor(max_workers=8) as pool:
-                outputs = list(pool.map(lambda p: run(url, p, mode), prompts))
+                outputs = list(pool.map(lambda p, m=mode: run(url, p, m), prompts))
             leaks = [(p, o) for p, o in zip(prompts, outputs) if find_matches(automaton, o)]
             print(f"{mode:>9}: {len(leaks)}/{len(prompts)} prompts leaked ({len(leaks) / len(prompts):.0%})", flush=True)
             for prompt, output in leaks[:3]:

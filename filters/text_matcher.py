@@ -57,7 +57,6 @@ class StreamMatcher:
         children = self.automaton.trie.children
         root = children[0]
         live = self._live
-        ends = self._last_word_end
         for ch in text:
             pos = self._pos
             self._pos = pos + 1
@@ -82,7 +81,7 @@ class StreamMatcher:
                         nxt[child] = pos
                         nxt_end[child] = pos + 1
                 live = self._live = nxt
-                ends = self._last_word_end = nxt_end
+                self._last_word_end = nxt_end
                 self._at_edge = False
         return found
 

@@ -97,7 +97,7 @@ class QuellLogitsProcessor(LogitsProcessor):
         self.width = model_config.get_vocab_size()
         self.max_model_len = model_config.max_model_len
         self.vocab = VocabularyIndex.from_pretrained(model_config.tokenizer, revision=model_config.tokenizer_revision)
-        self.vocab.char_table  # build the kernel's table now, not on the first masked request
+        _ = self.vocab.char_table  # build the kernel's table now, not on the first masked request
         self._term_sets: OrderedDict[str, TokenMasks] = OrderedDict()
         self._requests: dict[int, _Request] = {}
         fallback = np.ones(self.width, dtype=np.bool_)

@@ -9,15 +9,15 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 
-from service.backend import Backend
-from service.errors import install_error_handlers
 from filters.decision import Decision
 from service.audit import AuditEvent, AuditLog
 from service.auth import KeyRing, exposure_problem
+from service.backend import Backend
+from service.errors import install_error_handlers
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.policy_registry import PolicyRegistry, PolicySnapshot
-from service.semantic_runtime import SemanticRuntime, make_embedder
 from service.policy_registry import watch as watch_policies
+from service.semantic_runtime import SemanticRuntime, make_embedder
 from service.settings import DecodeMask, Settings
 from service.vllm_process import ManagedVLLM
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from filters.policy import Policy
@@ -88,7 +88,7 @@ class PolicyRegistry:
             for pid, prev in old.items():
                 if pid not in policies and prev.file in broken_files:
                     policies[pid] = prev  # the file is broken now: keep serving what it said before
-            for path, issues in result.errors.items():
+            for issues in result.errors.values():
                 for issue in issues:
                     log.error("policy rejected, last good version kept: %s", issue)
             for pid in policies.keys() - old.keys():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.semantic_support import parse, shared_cache, shared_embedder, spiderman_policy, spiderman_variant
 
 from filters.concept_classifier import (
     ClassifierCache,
@@ -17,6 +16,7 @@ from filters.concept_classifier import (
 from filters.policy import InputScope
 from filters.policy_loader import PolicyError
 from filters.semantic import SemanticGuard, input_text
+from tests.semantic_support import parse, shared_cache, shared_embedder, spiderman_policy, spiderman_variant
 
 PARAPHRASES = [
     "The young photographer from Queens was bitten by a radioactive spider and now swings between skyscrapers.",

@@ -11,9 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-from tests.semantic_support import shared_embedder
 
 from filters.embedding import EmbedderError, LocalEmbedder, RemoteEmbedder, default_model_path
+from tests.semantic_support import shared_embedder
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from tests.semantic_support import shared_cache, shared_embedder, spiderman_variant
 
 from filters.policy import Window
 from filters.semantic import SemanticGuard, unit_spans, window_spans
 from filters.semantic_stream import SemanticStream
+from tests.semantic_support import shared_cache, shared_embedder, spiderman_variant
 
 SPIDER = "Then a teenager bitten by a radioactive spider swung between the skyscrapers, shooting webs. "
 BEFORE = "We walked along the river in the morning. The bakery sold fresh bread. "

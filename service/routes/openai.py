@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 
 from filters.policy import Policy
-from service.auth import Tenant
 from service import input_screen
+from service.auth import Tenant
 from service.completions import GuardedRequest, Kind, content_filter_results, respond_json, respond_stream
 from service.deps import GatewayDep, TenantDep
 from service.errors import APIError, backend_unavailable
