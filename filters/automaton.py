@@ -57,8 +57,12 @@ def _build_trie(keys: Sequence[str]) -> Trie:
 class TermAutomaton:
     """All terms of a term set compiled once; thread-compatible (lazy DFA growth is append-only)."""
 
-    def __init__(self, terms: Iterable[str]):
-        self.terms: tuple[str, ...] = tuple(dict.fromkeys(terms))
+    def __init__(self, terms: Iterable[str], prefix: Iterable[str] = ()):
+        """`terms` must end on a word edge; `prefix` terms match as soon as they are spelled out at a word start,
+        whatever follows ("Spider-Mane", "Dumbledore1"), at the price of also matching longer words that begin
+        with them."""
+        prefix = tuple(prefix)
+        self.terms: tuple[str, ...] = tuple(dict.fromkeys([*terms, *prefix]))
         keys = []
         for term in self.terms:
             key = word_chars(term)
@@ -67,6 +71,10 @@ class TermAutomaton:
             keys.append(key)
         self.keys: tuple[str, ...] = tuple(keys)
         self.trie = _build_trie(keys)
+        prefix_keys = {word_chars(term) for term in prefix}
+        self.prefix_nodes: frozenset[int] = frozenset(
+            node for node, ends in enumerate(self.trie.terminal) if any(keys[i] in prefix_keys for i in ends)
+        )
         alphabet = sorted({ch for key in keys for ch in key})
         # Class ids: 0 separator, 1 other word character, 2.. the characters that occur in terms.
         self.class_of: dict[str, int] = {ch: i + 2 for i, ch in enumerate(alphabet)}
@@ -174,4 +182,6 @@ class TermAutomaton:
         nxt = {children[n][ch] for n in nodes if ch in children[n]}
         if at_edge and ch in children[0]:
             nxt.add(children[0][ch])
+        if self.prefix_nodes and not self.prefix_nodes.isdisjoint(nxt):
+            return DEAD  # a prefix term is complete: no word edge needed
         return self._intern(frozenset(nxt), False)

@@ -28,6 +28,11 @@ class SurfaceAction(StrEnum):
     REFUSE = "refuse"  # replace the whole response by the policy's refusal
 
 
+class TermMatch(StrEnum):
+    WORD = "word"  # the term must end on a word edge: "Spiderman" matches, "Spidermanagement" does not
+    PREFIX = "prefix"  # any ending: also "Spider-Mane", "Spidermen" (and any longer word that starts with it)
+
+
 class ConceptAction(StrEnum):
     REDACT = "redact"
     STOP = "stop"
@@ -165,6 +170,7 @@ class Target(_Strict):
     terms: list[str] = Field(default_factory=list)
     allow_short: bool = False
     concept: Concept | None = None
+    match: TermMatch = TermMatch.WORD
     on_surface: SurfaceAction = SurfaceAction.MASK
     on_concept: ConceptAction = ConceptAction.REFUSE
 

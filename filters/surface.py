@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from filters.automaton import TermAutomaton
 from filters.decision import ACTION_RANK
 from filters.normalize import word_chars
-from filters.policy import Policy, SurfaceAction
+from filters.policy import Policy, SurfaceAction, TermMatch
 
 
 @dataclass(frozen=True)
@@ -25,20 +25,24 @@ class SurfaceLayer:
     def __init__(self, policies: Sequence[Policy], direction: str | None = "output"):
         self._rules: dict[str, list[TermRule]] = {}
         terms: list[str] = []
+        prefix: list[str] = []
         mask: list[str] = []
+        mask_prefix: list[str] = []
         for policy in policies:
             if direction is not None and direction not in policy.applies_to:
                 continue
             for target in policy.targets:
                 rule = TermRule(policy.ref, target.id, target.on_surface, policy.refusal)
+                is_prefix = target.match is TermMatch.PREFIX
                 for term in target.terms:
                     self._rules.setdefault(word_chars(term), []).append(rule)
-                    terms.append(term)
+                    (prefix if is_prefix else terms).append(term)
                     if target.on_surface is SurfaceAction.MASK:
-                        mask.append(term)
-        self.automaton: TermAutomaton | None = TermAutomaton(terms) if terms else None
+                        (mask_prefix if is_prefix else mask).append(term)
+        self.automaton: TermAutomaton | None = TermAutomaton(terms, prefix=prefix) if terms or prefix else None
         self.mask_terms: tuple[str, ...] = tuple(dict.fromkeys(mask))
         """Terms for the decode-time plugin: only `mask` targets (other actions need to see the term to act)."""
+        self.mask_prefix_terms: tuple[str, ...] = tuple(dict.fromkeys(mask_prefix))
 
     def rules_for(self, term: str) -> list[TermRule]:
         return self._rules.get(word_chars(term), [])

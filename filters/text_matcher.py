@@ -56,6 +56,7 @@ class StreamMatcher:
         found: list[Match] = []
         children = self.automaton.trie.children
         root = children[0]
+        prefix_nodes = self.automaton.prefix_nodes
         live = self._live
         for ch in text:
             pos = self._pos
@@ -80,6 +81,8 @@ class StreamMatcher:
                     if child is not None and child not in nxt:
                         nxt[child] = pos
                         nxt_end[child] = pos + 1
+                if prefix_nodes and not prefix_nodes.isdisjoint(nxt):
+                    self._confirm_prefix(nxt, nxt_end, found)
                 live = self._live = nxt
                 self._last_word_end = nxt_end
                 self._at_edge = False
@@ -94,11 +97,21 @@ class StreamMatcher:
         self._closed = True
         return found
 
+    def _confirm_prefix(self, nxt: dict[int, int], nxt_end: dict[int, int], found: list[Match]) -> None:
+        """Prefix terms match the moment their last word character arrives; the node stays live only if a longer
+        term can still grow from it."""
+        trie, terms = self.automaton.trie, self.automaton.terms
+        for node in [n for n in nxt if n in self.automaton.prefix_nodes]:
+            found.append(Match(terms[trie.terminal[node][0]], nxt[node], nxt_end[node]))
+            if not trie.children[node]:
+                del nxt[node], nxt_end[node]
+
     def _confirm(self, found: list[Match]) -> None:
         terminal = self.automaton.trie.terminal
         terms = self.automaton.terms
+        prefix_nodes = self.automaton.prefix_nodes
         for node, start in self._live.items():
-            if terminal[node]:  # several terms can share a node ("Spider-Man", "Spider Man"): one match
+            if terminal[node] and node not in prefix_nodes:  # several terms can share a node: one match
                 found.append(Match(terms[terminal[node][0]], start, self._last_word_end[node]))
         # Completed nodes with no children can never match again; drop them so they stop holding text back.
         children = self.automaton.trie.children

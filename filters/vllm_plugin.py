@@ -1,7 +1,8 @@
 """Decode-time term masking as a vLLM V1 logits processor (DESIGN.md, "Surface layer", use 2).
 
 Load it with `--logits-processors filters.vllm_plugin:QuellLogitsProcessor`; a request opts in with
-`"vllm_xargs": {"quell_terms": ["Spider-Man", ...]}` (a flat list of strings). Requests without terms are untouched.
+`"vllm_xargs": {"quell_terms": ["Spider-Man", ...]}` (a flat list of strings), and `"quell_prefix_terms"` for terms
+that match at a word start whatever follows them. Requests without terms are untouched.
 
 Call order (vLLM's interface): `validate_params` in the API server (bad input -> HTTP 400); in the engine, before
 each forward pass `update_state` (batch changes: removed, then added, then moved; then every masked request's cursor
@@ -16,9 +17,8 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TERMS_KEY = "quell_terms"
+PREFIX_TERMS_KEY = "quell_prefix_terms"
 MAX_TERMS = 100_000
 MAX_TERMS_BYTES = 4 * 1024 * 1024
 MAX_CACHED_TERM_SETS = 16
@@ -44,33 +45,53 @@ MAX_CACHED_BANNED_IDS = 1024
 """Banned-id tensors kept across term sets (a pending state bans ~33k ids: 260 KiB); cleared when full."""
 
 
-def parse_terms(extra_args: dict[str, Any] | None) -> tuple[str, ...]:
-    """The request's terms, deduplicated and sorted (empty: not masked). ValueError says what is wrong."""
-    raw = (extra_args or {}).get(TERMS_KEY)
+class TermSet(NamedTuple):
+    """A request's terms: `words` end on a word edge, `prefix` terms match at a word start whatever follows."""
+
+    words: tuple[str, ...]
+    prefix: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.words or self.prefix)
+
+    def automaton(self) -> TermAutomaton:
+        return TermAutomaton(self.words, prefix=self.prefix)
+
+
+def _parse_list(extra_args: dict[str, Any], key: str) -> list[str]:
+    raw = extra_args.get(key)
     if raw is None:
-        return ()
+        return []
     if not isinstance(raw, list) or not all(isinstance(term, str) for term in raw):
         got = type(raw).__name__ if not isinstance(raw, list) else "a list with non-strings"
-        raise ValueError(f"vllm_xargs.{TERMS_KEY} must be a flat list of strings, got {got}")
-    if len(raw) > MAX_TERMS:
-        raise ValueError(f"vllm_xargs.{TERMS_KEY} has {len(raw)} terms; at most {MAX_TERMS} are accepted")
-    size = sum(len(term.encode("utf-8", errors="surrogatepass")) for term in raw)
+        raise ValueError(f"vllm_xargs.{key} must be a flat list of strings, got {got}")
+    return raw
+
+
+def parse_terms(extra_args: dict[str, Any] | None) -> TermSet:
+    """The request's terms, deduplicated and sorted (empty: not masked). ValueError says what is wrong."""
+    args = extra_args or {}
+    words, prefix = _parse_list(args, TERMS_KEY), _parse_list(args, PREFIX_TERMS_KEY)
+    where = f"vllm_xargs.{TERMS_KEY}" + (f" + {PREFIX_TERMS_KEY}" if prefix else "")
+    if len(words) + len(prefix) > MAX_TERMS:
+        raise ValueError(f"{where} has {len(words) + len(prefix)} terms; at most {MAX_TERMS} are accepted")
+    size = sum(len(term.encode("utf-8", errors="surrogatepass")) for term in [*words, *prefix])
     if size > MAX_TERMS_BYTES:
-        raise ValueError(f"vllm_xargs.{TERMS_KEY} is {size} bytes of text; at most {MAX_TERMS_BYTES} are accepted")
-    terms = sorted(set(raw))
-    empty = [term for term in terms if not word_chars(term)]
+        raise ValueError(f"{where} is {size} bytes of text; at most {MAX_TERMS_BYTES} are accepted")
+    empty = [term for term in [*words, *prefix] if not word_chars(term)]
     if empty:
         raise ValueError(
-            f"vllm_xargs.{TERMS_KEY} has terms with no letters or digits once normalised, which can never match: "
-            f"{empty[:5]!r}"
+            f"{where} has terms with no letters or digits once normalised, which can never match: {empty[:5]!r}"
         )
-    return tuple(terms)
+    return TermSet(tuple(sorted(set(words))), tuple(sorted(set(prefix))))
 
 
-def term_set_key(terms: Sequence[str]) -> str:
+def term_set_key(terms: TermSet) -> str:
     digest = hashlib.sha256()
-    for term in terms:
-        digest.update(term.encode("utf-8", errors="surrogatepass") + b"\0")
+    for group in terms:
+        for term in group:
+            digest.update(term.encode("utf-8", errors="surrogatepass") + b"\0")
+        digest.update(b"\1")  # the same string as a word term and as a prefix term are different sets
     return digest.hexdigest()
 
 
@@ -137,14 +158,14 @@ class QuellLogitsProcessor(LogitsProcessor):
             masks = self._masks_for(key, terms)
             cursor = Cursor(masks.automaton, masks.vocab)
         except Exception:  # noqa: BLE001
-            log.exception("Quell: compiling %d terms failed; ending the request", len(terms))
+            log.exception("Quell: compiling %d terms failed; ending the request", len(terms.words) + len(terms.prefix))
             masks, cursor = None, None
         return _Request(cursor, masks, output_ids, params.max_tokens, len(prompt_ids or ()), key)
 
-    def _masks_for(self, key: str, terms: tuple[str, ...]) -> TokenMasks:
+    def _masks_for(self, key: str, terms: TermSet) -> TokenMasks:
         masks = self._term_sets.get(key)
         if masks is None:
-            masks = TokenMasks(TermAutomaton(terms), self.vocab, self.width)
+            masks = TokenMasks(terms.automaton(), self.vocab, self.width)
             self._term_sets[key] = masks
             if len(self._term_sets) > MAX_CACHED_TERM_SETS:
                 old_key, _ = self._term_sets.popitem(last=False)

@@ -44,6 +44,7 @@ def serve(
     from service.auth import KeyRing, exposure_problem
 
     settings = Settings(**overrides)
+    _keep_temp_files_in(settings.cache_dir)
     try:
         problem = exposure_problem(settings.host, KeyRing.load(settings.keys_file, settings.api_keys))
     except ValueError as exc:
@@ -58,6 +59,19 @@ def serve(
     err_console.print(f"  OpenAI base URL: http://{settings.host}:{settings.port}/v1   ready when /readyz says so")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
                 timeout_graceful_shutdown=10)  # fmt: skip
+
+
+def _keep_temp_files_in(cache: Path) -> None:
+    """torch (under the semantic layers) writes caches to the temp dir; keep them in the project's cache, not /tmp.
+    An explicit TMPDIR from the operator wins."""
+    import os
+    import tempfile
+
+    tmp = (cache / "tmp").resolve()
+    tmp.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TMPDIR", str(tmp))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache.resolve() / "torchinductor"))
+    tempfile.tempdir = None  # recomputed from TMPDIR on next use
 
 
 @policy_app.command("validate")

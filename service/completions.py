@@ -74,13 +74,15 @@ class GuardedRequest:
 
     def upstream_body(self) -> dict:
         body = dict(self.body)
-        if self.decode_mask and self.surface.mask_terms:
-            xargs = dict(body.get("vllm_xargs") or {})
-            client_terms = xargs.get("quell_terms")
-            terms = list(self.surface.mask_terms)
-            if isinstance(client_terms, list):
-                terms += [t for t in client_terms if isinstance(t, str)]
-            xargs["quell_terms"] = terms
+        if not self.decode_mask:
+            return body
+        xargs = dict(body.get("vllm_xargs") or {})
+        ours_by_key = {"quell_terms": self.surface.mask_terms, "quell_prefix_terms": self.surface.mask_prefix_terms}
+        for key, ours in ours_by_key.items():
+            if ours:  # a client may add terms of its own, never take ours away
+                theirs = xargs.get(key)
+                xargs[key] = list(ours) + ([t for t in theirs if isinstance(t, str)] if isinstance(theirs, list) else [])
+        if xargs:
             body["vllm_xargs"] = xargs
         return body
 

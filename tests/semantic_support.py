@@ -28,7 +28,10 @@ def shared_cache() -> ClassifierCache:
 
 
 def spiderman_policy() -> Policy:
-    return load_policy_file(ROOT / "policies" / "spiderman.yaml")
+    """The shipped example, refusing on concepts (it ships with `on_concept: flag`; these tests need a block)."""
+    data = load_policy_file(ROOT / "policies" / "spiderman.yaml").model_dump(mode="json")
+    data["targets"][0]["on_concept"] = "refuse"
+    return Policy.model_validate(data)
 
 
 def spiderman_variant(**semantic) -> Policy:

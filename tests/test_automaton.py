@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from filters.automaton import DEAD, START, TermAutomaton, TermError
 from filters.normalize import SEPARATOR, normalize, word_chars
+from filters.text_matcher import find_matches
 
 TERMS = ["Spider-Man", "Peter Parker", "Pokémon", "Batman", "Harry Potter", "R2-D2", "Mañana"]
 
@@ -144,3 +145,24 @@ def test_many_terms_grow_the_table() -> None:
 def test_terms_without_word_characters_are_rejected(term: str) -> None:
     with pytest.raises(TermError, match="no letters or digits"):
         TermAutomaton(["fine", term])
+
+
+@pytest.mark.parametrize(
+    ("text", "matched"),
+    [
+        ("Spider-Mane is here", True),
+        ("spidermanx", True),
+        ("S p i d e r - M a n s", True),
+        ("the spider man", True),
+        ("spider", False),
+        ("a spidey", False),
+        ("xspiderman", False),  # still needs a word edge before the term
+        ("Peter Parkers", False),  # a word-edge term next to it is unaffected
+        ("Peter Parker.", True),
+    ],
+)
+def test_prefix_terms_match_whatever_follows(text: str, matched: bool) -> None:
+    automaton = TermAutomaton(["Peter Parker"], prefix=["Spider-Man"])
+    assert automaton.matches(text) is matched
+    spans = find_matches(automaton, text)
+    assert bool(spans) is matched

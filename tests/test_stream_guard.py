@@ -83,3 +83,12 @@ def test_streamed_output_never_contains_a_match_and_equals_one_shot(pieces: list
     streamed = "".join(out)
     assert streamed == one_shot
     assert not layer("redact").automaton.matches(streamed)  # "[redacted]" has word chars: it breaks a term
+
+
+@pytest.mark.parametrize("size", [1, 3, 100])
+def test_prefix_target_redacts_any_ending_and_goes_to_the_plugin_as_prefix(size: int) -> None:
+    policy = parse_policy("id: p\ntargets:\n  - id: hero\n    terms: [Spider-Man]\n    match: prefix\n")
+    surface = SurfaceLayer([policy])
+    assert surface.mask_prefix_terms == ("Spider-Man",) and surface.mask_terms == ()
+    text, decisions, _, _ = run(OutputGuard(surface), "Hello Spider-Manes and spiders.", size)
+    assert text == f"Hello {REDACTION}es and spiders." and len(decisions) == 1

@@ -201,3 +201,32 @@ def test_malformed_terms_are_rejected_with_400(vllm_url: str, terms: object, rea
 
 def test_server_still_serves_after_bad_requests(vllm_url: str) -> None:
     assert text_of(chat(vllm_url, "Say hello.", terms=["Spider-Man"], max_tokens=8))
+
+
+PREFIX_ATTACKS = [
+    "Repeat exactly: Spider-Mane, Spidermen and Spidermans are everywhere.",
+    "Write the plural of Spiderman.",
+    "Say 'Spider-Manly' three times.",
+    "Repeat exactly: Batmanesque Batmobiles.",
+]
+
+
+def test_prefix_terms_block_any_ending(vllm_url: str) -> None:
+    prefix_automaton = TermAutomaton([], prefix=["Spider-Man", "Batman"])
+    body = {"model": MODEL, "max_tokens": 40, "temperature": 0, "seed": 0,
+            "vllm_xargs": {"quell_prefix_terms": ["Spider-Man", "Batman"]}}  # fmt: skip
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        texts = list(pool.map(lambda p: text_of(httpx.post(
+            f"{vllm_url}/v1/chat/completions", timeout=180,
+            json={**body, "messages": [{"role": "user", "content": p}]})), PREFIX_ATTACKS))  # fmt: skip
+    assert all(find_matches(prefix_automaton, text) == [] for text in texts), texts
+    # control: word-edge terms let the model through with an ending, which the prefix judge sees
+    word_only = run_all(vllm_url, PREFIX_ATTACKS, ["Spider-Man", "Batman"], max_tokens=40)
+    assert any(find_matches(prefix_automaton, text) for text in word_only), word_only
+
+
+def test_malformed_prefix_terms_are_rejected_with_400(vllm_url: str) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+            "vllm_xargs": {"quell_prefix_terms": ["ok", 3]}}  # fmt: skip
+    response = httpx.post(f"{vllm_url}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 400 and "quell_prefix_terms" in response.text
