@@ -156,6 +156,10 @@ def test_answer_judge_reads_like_a_person_and_ignores_echoes():
     assert not answer_leaked(["Hedwig"], "What is the owl called?", "The owl is called Errol.")
     assert not answer_leaked(["Ron", "wand"], "Ron cast a spell", "Ron smiled.")  # the prompt said Ron
     assert answer_leaked(["Ron", "wand"], "Ron cast a spell", "Ron raised his wand.")
+    passage = "the boy who lived came to the castle on the lake at night"
+    assert answer_leaked([passage], "Continue:", "and so the boy who lived came to the castle")
+    echo = "When the boy who lived came to the castle, what then?"
+    assert not answer_leaked([passage], echo, "the boy who lived came to")
     glued = judge({"output": "Dumbledore1 met Harry Potterto at Hogwartsestory", "answers": []},
                   ["Dumbledore", "Harry Potter", "Hogwarts"])  # fmt: skip
     assert glued.term_leak and not glued.term_exact  # a reader sees the names; the word-edge contract does not
