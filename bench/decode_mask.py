@@ -13,11 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import signal
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +22,8 @@ from pathlib import Path
 import httpx
 
 from bench.compile import synthetic_terms
+from service.settings import Settings
+from service.vllm_process import ManagedVLLM
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct"
@@ -38,38 +36,15 @@ PROMPTS = ["Tell me a long story about a dragon.", "Explain how rivers form.", "
 
 @contextlib.contextmanager
 def vllm_server(port: int) -> Iterator[str]:
-    """Start the managed vLLM with the plugin; kill its whole process group on exit."""
-    env = dict(os.environ, VLLM_TARGET_DEVICE="cpu", HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1",
-               VLLM_CPU_NUM_OF_RESERVED_CPU="0", TMPDIR=str(ROOT / ".cache" / "tmp"),
-               VLLM_CACHE_ROOT=str(ROOT / ".cache" / "vllm"))  # fmt: skip
-    (ROOT / ".cache" / "tmp").mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "service.vllm_main", "serve", str(MODEL_DIR), "--host", "127.0.0.1",
-               "--port", str(port), "--enforce-eager", "--max-model-len", "2048", "--served-model-name", MODEL,
-               "--logprobs-mode", "processed_logprobs",
-               "--logits-processors", "filters.vllm_plugin:QuellLogitsProcessor"]  # fmt: skip
-    log = open(ROOT / ".cache" / "tmp" / f"bench-vllm-{port}.log", "wb")
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    """The managed vLLM with the plugin, as `quell serve` starts it; stopped with its whole process group."""
+    managed = ManagedVLLM(Settings(vllm_port=port, model_dir=MODEL_DIR, cache_dir=ROOT / ".cache",
+                                   served_model_name=MODEL))  # fmt: skip
+    managed.start()
     try:
-        deadline = time.monotonic() + 420
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {process.returncode}; see {log.name}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"vLLM not ready after 420 s; see {log.name}")
-            time.sleep(1)
-        yield url
+        managed.wait_ready_blocking(420)
+        yield managed.url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
+        managed.stop()
 
 
 def complete(url: str, prompt: str, tokens: int, terms: list[str] | None) -> int:

@@ -93,6 +93,10 @@ class ManagedVLLM:
     def exited(self) -> int | None:
         return None if self.process is None else self.process.poll()
 
+    def wait_ready_blocking(self, timeout_s: float) -> None:
+        """`wait_ready` for synchronous callers (benchmarks, test fixtures)."""
+        asyncio.run(self.wait_ready(timeout_s))
+
     async def wait_ready(self, timeout_s: float) -> None:
         deadline = asyncio.get_running_loop().time() + timeout_s
         async with httpx.AsyncClient(timeout=2.0) as client:
@@ -114,7 +118,7 @@ class ManagedVLLM:
         if proc is None or proc.poll() is not None:
             return
         log.info("stopping managed vLLM (pid %d)", proc.pid)
-        _signal_group(proc.pid, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)  # the server stops its engine itself; signalling both looks like a crash
         deadline = time.monotonic() + grace_s
         try:
             proc.wait(timeout=grace_s)

@@ -6,14 +6,8 @@ involved, so the plugin is the only layer. Greedy decoding keeps the runs repeat
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +17,9 @@ import pytest
 
 from filters.automaton import TermAutomaton
 from filters.text_matcher import find_matches
+from service.settings import Settings
+from service.vllm_process import ManagedVLLM
+from tests.procs import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -51,65 +48,25 @@ ATTACKS = [
 ]
 
 
-def _free_port() -> int:
-    for port in range(8150, 8200):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 8150-8199")
-
-
 @pytest.fixture(scope="module")
 def vllm_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """vLLM with the plugin, started exactly as the gateway starts its managed one (`service.vllm_process`)."""
     if not (MODEL_DIR / "config.json").exists():
         pytest.skip(f"model not prepared at {MODEL_DIR} (run `make setup`)")
-    port = _free_port()
     tmp = tmp_path_factory.mktemp("vllm")
-    env = dict(
-        os.environ,
-        VLLM_TARGET_DEVICE="cpu",
-        HF_HUB_OFFLINE="1",
-        VLLM_CPU_KVCACHE_SPACE="1",
-        VLLM_CPU_NUM_OF_RESERVED_CPU="0",
-        TMPDIR=str(tmp),
-        VLLM_CACHE_ROOT=str(ROOT / ".cache" / "vllm"),
-    )
-    command = [
-        sys.executable, "-m", "service.vllm_main", "serve", str(MODEL_DIR), "--host", "127.0.0.1", "--port", str(port),
-        "--enforce-eager", "--max-model-len", "2048", "--served-model-name", MODEL,
-        "--logprobs-mode", "processed_logprobs", "--logits-processors", "filters.vllm_plugin:QuellLogitsProcessor",
-    ]  # fmt: skip
-    log_path = tmp / "vllm.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    managed = ManagedVLLM(Settings(vllm_port=free_port(), model_dir=MODEL_DIR, cache_dir=ROOT / ".cache",
+                                   served_model_name=MODEL))  # fmt: skip
+    managed.log_path = tmp / "vllm.log"
+    managed.start()
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"vLLM exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM not ready after 240 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)  # the API server stops its engine; SIGTERM to all at once looks like a crash
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # no orphans
-        log_text = log_path.read_text(errors="replace").split("shutdown triggered")[0]
+            managed.wait_ready_blocking(420)
+        except (RuntimeError, TimeoutError) as exc:
+            pytest.fail(f"{exc}:\n{managed.log_path.read_text()[-3000:]}")
+        yield managed.url
+    finally:
+        managed.stop()
+        log_text = managed.log_path.read_text(errors="replace").split("shutdown triggered")[0]
         (Path(os.environ.get("QUELL_VLLM_LOG_DIR", tmp)) / "vllm-last.log").write_text(log_text)
         at = log_text.find("Traceback")
         assert at < 0, f"vLLM logged an exception (an engine crash is what the plugin must never cause):\n{log_text[at - 2000:at + 3000]}"
