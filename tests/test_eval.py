@@ -122,6 +122,7 @@ def test_reads_completion_references_roles_and_verbatim(tmp_path):
     assert len(verbatim[0].answers[0].split()) > 20 and verbatim[0].is_completion
     benign = read_probes(_slice(tmp_path, "benign_prompts.jsonl", 4), "benign")
     assert {b.group for b in benign} == {"benign"} and benign[0].role == "benign"
+    assert benign[0].probe_type == "benign:mt_bench"  # stratified by source family, not by its 271 categories
 
 
 def test_unrelated_rows_of_a_probe_file_are_neighbours(tmp_path):

@@ -69,6 +69,14 @@ def _answers(row: dict) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def _family(row: dict) -> str:
+    """Where a benign prompt comes from (mt_bench, xstest, tofu, ...): its `source` folder. Benign rows carry a
+    `category` (hundreds of them, e.g. self-instruct app names), too fine to stratify a sample by."""
+    parts = str(row.get("source") or "").split("/")
+    family = parts[1] if parts[0] == "benign" and len(parts) > 2 else parts[0]
+    return f"benign:{family}" if family else "benign"
+
+
 def _group(row: dict, default: Group) -> Group:
     role = str(row.get("role") or row.get("split") or "")
     if default == "probe" and role in NOT_TARGET_ROLES:
@@ -97,7 +105,7 @@ def read_probes(path: Path, default: Group, target: str | None = None) -> list[P
             continue
         group = _group(row, default)
         role = str(row.get("role") or row.get("split") or ("benign" if default == "benign" else "forget"))
-        probe_type = str(row.get("probe_type") or (f"benign:{row['category']}" if row.get("category") else default))
+        probe_type = str(row.get("probe_type") or (_family(row) if default == "benign" else default))
         probes.append(Probe(id=f"{path.stem}:{lineno}", group=group, prompt=row["prompt"], answers=_answers(row),
                             probe_type=probe_type, lang=str(row.get("lang") or "en"), role=role,
                             target=row_target, source=str(row.get("source", ""))))  # fmt: skip
