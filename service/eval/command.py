@@ -105,11 +105,17 @@ def eval_command(
     rows = [r for r in latest(read_results(results)) if r["key"] in keys]
     terms = configs_mod.policy_terms(pol)
     layers = []
-    if semantic_scores:
-        unfiltered = [r for r in judged_rows(rows, run_configs, terms) if r["config"] == configs_mod.NONE]
-        layers = score_rows(pol, unfiltered)
-    summary = summarise(rows, run_configs, terms, layers)
     notes = []
+    if semantic_scores:
+        from filters.embedding import EmbedderError
+
+        unfiltered = [r for r in judged_rows(rows, run_configs, terms) if r["config"] == configs_mod.NONE]
+        try:
+            layers = score_rows(pol, unfiltered)
+        except (ImportError, EmbedderError) as exc:
+            notes.append(f"No threshold curves or in-process semantic columns: {exc}")
+            err.print(f"[yellow]semantic scores skipped[/]: {exc}", highlight=False)
+    summary = summarise(rows, run_configs, terms, layers)
     if not semantic_ok:
         notes.append("This gateway build has no QUELL_SEMANTIC setting: the `all` column runs the decode mask "
                      "and the text backstop only; the semantic layers are measured in process (@inproc columns).")
