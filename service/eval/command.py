@@ -80,6 +80,7 @@ def eval_command(
     from service.eval.gateways import running
     from service.eval.runner import done_keys, plan, read_results, run_jobs
 
+    code_state = _git_state()  # before the run: what the gateways started from
     done = done_keys(results)
     jobs = [j for j in plan(selected, tfs, run_configs) if j.key not in done]
     model = Settings().served_model_name
@@ -133,7 +134,7 @@ def eval_command(
         "n_neighbors": sum(p.group == "neighbor" for p in selected),
         "n_benign": sum(p.group == "benign" for p in selected),
         "command": "quell eval " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
-        "git": _git_state(), "gateways_ready": gateways_ready,
+        "git": code_state, "gateways_ready": gateways_ready,
     }  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
     (out / "report.html").write_text(render(summary), encoding="utf-8")
