@@ -33,18 +33,18 @@ def serve(
     ] = None,
 ) -> None:
     """Start the gateway (and, without --backend-url, a managed vLLM server)."""
-    import uvicorn
-
-    from service.app import create_app
     from service.settings import Settings
 
     overrides = {k: v for k, v in
                  {"policies": policies, "host": host, "port": port, "backend_url": backend_url}.items()
                  if v is not None}  # fmt: skip
-    from service.auth import KeyRing, exposure_problem
-
     settings = Settings(**overrides)
-    _keep_temp_files_in(settings.cache_dir)
+    _keep_temp_files_in(settings.cache_dir)  # before anything imports torch
+
+    import uvicorn
+
+    from service.app import create_app
+    from service.auth import KeyRing, exposure_problem
     try:
         problem = exposure_problem(settings.host, KeyRing.load(settings.keys_file, settings.api_keys))
     except ValueError as exc:
