@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from filters.decision import ACTION_RANK, Decision
+from filters.policy import ConceptAction, StreamMode
 from filters.semantic import SemanticGuard
 from filters.semantic_stream import SemanticStream
 from filters.stream_guard import REDACTION, GuardStep, OutputGuard
@@ -61,7 +62,9 @@ class ChoiceGuard:
             self._stopped = step.stopped
             return step
         if self._stream is None:
-            self._stream = SemanticStream(self.semantic)
+            # Holding text back (safe mode) only pays when a detection can block; flag-only targets stream at once.
+            blocking = any(m.target.on_concept is not ConceptAction.FLAG for m in self.semantic.models_for("output"))
+            self._stream = SemanticStream(self.semantic, mode=None if blocking else StreamMode.FAST)
         stream = self._stream
         started = time.perf_counter()
         found = await stream.feed_async(step.text) if step.text else []
