@@ -123,11 +123,14 @@ def policy_list(path: Annotated[Path, typer.Argument(help="Policies directory")]
 def policy_test(
     path: Annotated[Path, typer.Argument(help="A policy file")],
     text: Annotated[str | None, typer.Argument(help="Text to check (default: read standard input)")] = None,
+    semantic: Annotated[bool, typer.Option(help="Also run the semantic layers (loads the local embedder)")] = False,
 ) -> None:
     """Which layers of a policy fire on a text, with spans and scores. Exit 0: nothing fired, 1: something did."""
+    import asyncio
+
     from rich.table import Table
 
-    from service.inspect import surface_decisions
+    from service.inspect import inspect_text
 
     try:
         policy = load_policy_file(path)
@@ -136,7 +139,13 @@ def policy_test(
             err_console.print(f"[red]ERROR[/] {issue}", highlight=False)
         raise typer.Exit(2) from None
     text = text if text is not None else sys.stdin.read()
-    decisions = surface_decisions([policy], text)
+    runtime = None
+    if semantic:
+        from filters.embedding import LocalEmbedder
+        from service.semantic_runtime import SemanticRuntime
+
+        runtime = SemanticRuntime(LocalEmbedder(), frozenset({"embedding", "classifier"}))
+    decisions = asyncio.run(inspect_text(runtime, [policy], text))
     if not decisions:
         console.print(f"[green]nothing fired[/] ({policy.ref})", highlight=False)
         raise typer.Exit(0)

@@ -1,17 +1,14 @@
-"""Run the text-level layers of some policies on a piece of text (moderations, admin tests, the CLI)."""
+"""Run the text-level layers of some policies on a piece of text (admin tests, the CLI)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from filters.decision import Decision, Layer
 from filters.policy import Policy
 from filters.surface import SurfaceLayer
 from filters.text_matcher import find_matches
-
-if TYPE_CHECKING:
-    from service.app import Gateway
+from service.semantic_runtime import SemanticRuntime
 
 
 def surface_decisions(policies: Sequence[Policy], text: str) -> list[Decision]:
@@ -25,5 +22,10 @@ def surface_decisions(policies: Sequence[Policy], text: str) -> list[Decision]:
     return out
 
 
-async def inspect_text(gateway: Gateway | None, policies: Sequence[Policy], text: str) -> list[Decision]:
-    return surface_decisions(policies, text)
+async def inspect_text(runtime: SemanticRuntime | None, policies: Sequence[Policy], text: str) -> list[Decision]:
+    """Surface matches, plus the semantic layers' flagged windows when a runtime is given."""
+    decisions = surface_decisions(policies, text)
+    guard = await runtime.guard(policies) if runtime is not None else None
+    if guard is not None:
+        decisions += runtime.keep(await guard.check_async(text, direction=None))
+    return decisions

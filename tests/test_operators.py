@@ -120,6 +120,10 @@ def test_test_route_reports_spans(ops: Ops) -> None:
                       json={"text": "Everyone loves S-p-i-d-e-r-m-a-n."})  # fmt: skip
     body = resp.json()
     assert body["fired"] and body["detections"][0]["start"] == 15 and body["detections"][0]["layer"] == "surface"
+    paraphrase = httpx.post(f"{ops.base}/admin/policies/spiderman:test", headers=ops.admin, timeout=120,
+                            json={"text": "The web-slinger from Queens swung between skyscrapers after a radioactive "
+                                          "spider bit him."}).json()  # fmt: skip
+    assert paraphrase["fired"] and {d["layer"] for d in paraphrase["detections"]} & {"embedding", "classifier"}
 
 
 def test_hot_reload_valid_change_is_live_within_2s_and_broken_change_is_rejected(ops: Ops) -> None:

@@ -112,3 +112,11 @@ def test_cli_policy_list_flags_broken_files(tmp_path: Path) -> None:
     res = subprocess.run([QUELL, "policy", "list", str(tmp_path)], capture_output=True, text=True,
                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})  # fmt: skip
     assert res.returncode == 1 and "demo" in res.stdout and "b.yaml:2: targets" in res.stdout
+
+
+def test_cli_policy_test_semantic_layers() -> None:
+    policy = str(ROOT / "policies" / "spiderman.yaml")
+    text = "The web-slinger from Queens swung between skyscrapers after a radioactive spider bit him."
+    res = subprocess.run([QUELL, "policy", "test", "--semantic", policy, text], capture_output=True, text=True,
+                         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert res.returncode == 1 and "classifier" in res.stdout, res.stdout + res.stderr

@@ -88,7 +88,7 @@ async def test_policy(policy_id: str, body: TestRequest, gateway: GatewayDep) ->
     loaded = gateway.registry.snapshot.policies.get(policy_id)
     if loaded is None:
         raise APIError(404, f"no policy {policy_id!r}", param="policy_id", code="unknown_policy")
-    decisions = await inspect_text(gateway, [loaded.policy], body.text)
+    decisions = await inspect_text(gateway.semantic, [loaded.policy], body.text)
     return {"policy": loaded.policy.ref, "fired": bool(decisions), "detections": [d.as_dict() for d in decisions]}
 
 
