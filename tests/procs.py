@@ -28,6 +28,10 @@ def start_gateway(log_path: Path, *args: str, env: dict[str, str] | None = None,
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     command = [QUELL, "serve", *args]
     if private_tmp is not None:
+        # As from a user's shell: torch writes its own cache location into os.environ of the test process once it
+        # has used it, and that must not leak into the gateway under test.
+        for inherited in ("TMPDIR", "TORCHINDUCTOR_CACHE_DIR"):
+            full_env.pop(inherited, None)
         command = ["unshare", "--mount", "--", "sh", "-c", 'mount --bind "$0" /tmp && exec "$@"', str(private_tmp),
                    *command]  # fmt: skip
     log = log_path.open("wb")
