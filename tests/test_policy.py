@@ -101,7 +101,7 @@ def test_cli_policy_test_exit_codes_and_spans() -> None:
     fired = subprocess.run([QUELL, "policy", "test", policy, "I met s.p.i.d.e.r.m.a.n yesterday"],
                            capture_output=True, text=True, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})  # fmt: skip
     assert fired.returncode == 1 and "6-23" in fired.stdout and "spider-man" in fired.stdout
-    quiet = subprocess.run([QUELL, "policy", "test", policy], input="The spider managed a web.", capture_output=True,
+    quiet = subprocess.run([QUELL, "policy", "test", policy], input="A garden spider spun its web.", capture_output=True,
                            text=True)  # fmt: skip
     assert quiet.returncode == 0 and "nothing fired" in quiet.stdout
 
