@@ -6,13 +6,13 @@ from collections.abc import Sequence
 
 from filters.decision import Decision, Layer
 from filters.policy import Policy
-from filters.surface import SurfaceLayer
 from filters.text_matcher import find_matches
+from service.policy_registry import surface_layer
 from service.semantic_runtime import SemanticRuntime
 
 
 def surface_decisions(policies: Sequence[Policy], text: str) -> list[Decision]:
-    layer = SurfaceLayer(policies, None)  # every direction: this inspects text, not a response
+    layer = surface_layer(list(policies), None)  # every direction: this inspects text, not a response
     if layer.automaton is None:
         return []
     out = []

@@ -44,11 +44,11 @@ class PolicySnapshot:
         return [self.policies[i].policy for i in dict.fromkeys(ids)]
 
 
-_SURFACE_CACHE: OrderedDict[tuple[tuple[str, ...], str], SurfaceLayer] = OrderedDict()
+_SURFACE_CACHE: OrderedDict[tuple[tuple[str, ...], str | None], SurfaceLayer] = OrderedDict()
 _SURFACE_CACHE_SIZE = 64
 
 
-def surface_layer(policies: list[Policy], direction: str = "output") -> SurfaceLayer:
+def surface_layer(policies: list[Policy], direction: str | None = "output") -> SurfaceLayer:
     """Compiled once per distinct set of policy versions (keyed by content digests), LRU-bounded."""
     key = (tuple(sorted(p.digest for p in policies)), direction)
     layer = _SURFACE_CACHE.get(key)
