@@ -58,6 +58,7 @@ class Gateway:
         """Train the default policy set's semantic layers now, not on the first request."""
         policies = snapshot.select(snapshot.default_ids())
         if self.semantic.relevant(policies, "output") or self.semantic.relevant(policies, "input"):
+            self._tasks = [t for t in self._tasks if not t.done()]  # reloads must not pile up finished warm-ups
             self._tasks.append(asyncio.ensure_future(self.semantic.guard(policies)))
 
     @property
