@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -167,7 +167,9 @@ class SemanticGuard:
         cache: ClassifierCache | None = None,
         *,
         background: tuple[str, ...] | None = None,
+        layers: Iterable[str] | None = None,
     ):
+        """`layers`: the layers to run (default: each concept's own); a layer outside it never scores or blocks."""
         self.policies = list(policies)
         self.embedder = embedder
         self._cache = cache if cache is not None else ClassifierCache()
@@ -181,6 +183,13 @@ class SemanticGuard:
                 if background_vectors is None:
                     background_vectors = self._background_vectors()
                 self.models.append(self._build(policy, target, background_vectors))
+        if layers is not None:
+            keep = set(layers)
+            self.models = [
+                replace(m, blocklist=m.blocklist if SemanticLayer.EMBEDDING.value in keep else None,
+                        classifier=m.classifier if SemanticLayer.CLASSIFIER.value in keep else None)
+                for m in self.models
+            ]  # fmt: skip
 
     def _background_vectors(self) -> np.ndarray:
         key = ("background", self.embedder.name, texts_digest(self._background))

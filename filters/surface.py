@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from filters.automaton import TermAutomaton
-from filters.decision import ACTION_RANK
+from filters.decision import ACTION_RANK, Decision, Layer
 from filters.normalize import word_chars
 from filters.policy import Policy, SurfaceAction, TermMatch
+from filters.text_matcher import find_matches
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,16 @@ class SurfaceLayer:
         self.mask_terms: tuple[str, ...] = tuple(dict.fromkeys(mask))
         """Terms for the decode-time plugin: only `mask` targets (other actions need to see the term to act)."""
         self.mask_prefix_terms: tuple[str, ...] = tuple(dict.fromkeys(mask_prefix))
+
+    def decisions(self, text: str) -> list[Decision]:
+        """Every match in a complete text as a decision with the strongest action among its targets."""
+        if self.automaton is None:
+            return []
+        out = []
+        for m in find_matches(self.automaton, text):
+            rule = self.strongest(m.term)
+            out.append(Decision(rule.policy_ref, rule.target_id, Layer.SURFACE, rule.action.value, 1.0, m.start, m.end))
+        return out
 
     def rules_for(self, term: str) -> list[TermRule]:
         return self._rules.get(word_chars(term), [])

@@ -50,8 +50,6 @@ class GuardedRequest:
     report: Report | None = None
     observe_layer: Callable[[str, float], None] | None = None
     surface: SurfaceLayer = field(init=False)
-    surface_seconds: float = 0.0
-    semantic_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         self.surface = surface_layer(self.policies, "output")

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from filters.decision import Decision, Layer
+from filters.decision import Decision
 from filters.policy import InputScope, Policy
 from filters.semantic import input_text
-from filters.text_matcher import find_matches
 from service.errors import APIError
 from service.policy_registry import surface_layer
 from service.semantic_runtime import SemanticRuntime
@@ -42,14 +41,9 @@ async def screen(kind: str, body: dict, policies: Sequence[Policy], runtime: Sem
         group = [p for p in inbound if p.semantic.input_scope == scope]
         if not group:
             continue
-        layer = surface_layer(group, "input")
         text = input_text(messages, scope)
         texts.append(text)
-        if layer.automaton is not None:
-            for m in find_matches(layer.automaton, text):
-                rule = layer.strongest(m.term)
-                decisions.append(Decision(rule.policy_ref, rule.target_id, Layer.SURFACE, rule.action.value, 1.0,
-                                          m.start, m.end))  # fmt: skip
+        decisions += surface_layer(group, "input").decisions(text)
     guard = await runtime.guard(runtime.relevant(inbound, "input"))
     if guard is not None:
         decisions += runtime.keep(await guard.check_messages_async(messages))

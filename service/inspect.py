@@ -4,22 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from filters.decision import Decision, Layer
+from filters.decision import Decision
 from filters.policy import Policy
-from filters.text_matcher import find_matches
 from service.policy_registry import surface_layer
 from service.semantic_runtime import SemanticRuntime
 
 
 def surface_decisions(policies: Sequence[Policy], text: str) -> list[Decision]:
-    layer = surface_layer(list(policies), None)  # every direction: this inspects text, not a response
-    if layer.automaton is None:
-        return []
-    out = []
-    for m in find_matches(layer.automaton, text):
-        rule = layer.strongest(m.term)
-        out.append(Decision(rule.policy_ref, rule.target_id, Layer.SURFACE, rule.action.value, 1.0, m.start, m.end))
-    return out
+    return surface_layer(list(policies), None).decisions(text)  # every direction: this inspects text
 
 
 async def inspect_text(runtime: SemanticRuntime | None, policies: Sequence[Policy], text: str) -> list[Decision]:

@@ -75,7 +75,7 @@ class SemanticRuntime:
     async def _build(self, key: tuple[str, ...], policies: list[Policy]) -> SemanticGuard:
         started = time.perf_counter()
         try:
-            guard = await asyncio.to_thread(SemanticGuard, policies, self.embedder, self._cache)
+            guard = await asyncio.to_thread(SemanticGuard, policies, self.embedder, self._cache, layers=self.layers)
         finally:
             self._building.pop(key, None)
         log.info("semantic layers ready for %s in %.2f s", ", ".join(p.ref for p in policies),
@@ -85,6 +85,7 @@ class SemanticRuntime:
             self._guards.popitem(last=False)
         return guard
 
-    def keep(self, detections: Sequence[Detection]) -> list[Decision]:
-        """Detections of the layers this gateway runs, as decisions."""
-        return [to_decision(d) for d in detections if d.layer in self.layers]
+    @staticmethod
+    def keep(detections: Sequence[Detection]) -> list[Decision]:
+        """Detections as decisions (the guard only runs the layers this gateway enables)."""
+        return [to_decision(d) for d in detections]

@@ -164,3 +164,13 @@ def test_async_stream_matches_sync():
     sync = SemanticStream(guard)
     expected = [d for part in _chunks(text, 13) for d in sync.feed(part)] + sync.finish()
     assert asyncio.run(run()) == (expected, sync.safe_end)
+
+
+def test_a_layer_left_out_never_scores_or_blocks_a_stream() -> None:
+    policy = spiderman_variant(stream_mode="safe", layers=["classifier"])
+    only_embedding = SemanticGuard([policy], shared_embedder(), shared_cache(), layers=["embedding"])
+    assert all(m.classifier is None for m in only_embedding.models)
+    stream = SemanticStream(only_embedding)
+    found = stream.feed("A teenager bitten by a radioactive spider gains the ability to cling to walls. He swings on.")
+    found += stream.finish()
+    assert found == [] and not stream.blocked

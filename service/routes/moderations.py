@@ -45,7 +45,7 @@ async def moderations(body: ModerationRequest, gateway: GatewayDep, tenant: Tena
             for direction in ("output", "input"):
                 if guard.models_for(direction):
                     for i, found in enumerate(await guard.scores_async(texts, direction)):
-                        semantic[i] += [d for d in found if d.layer in runtime.layers]
+                        semantic[i] += found
     results = []
     for text, found in zip(texts, semantic, strict=True):
         categories: dict[str, bool] = {t.id: False for p in policies for t in p.targets}
