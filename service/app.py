@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI
 
 from filters.decision import Decision
+from filters.embedding import Embedder
 from service.audit import AuditEvent, AuditLog
 from service.auth import KeyRing, exposure_problem
 from service.backend import Backend
@@ -89,7 +90,14 @@ class Gateway:
             log.error("backend failed to start: %s", exc)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+_FROM_SETTINGS: object = object()
+
+
+def create_app(settings: Settings | None = None, *, backend: Backend | None = None,
+               embedder: Embedder | None | object = _FROM_SETTINGS) -> FastAPI:  # fmt: skip
+    """The gateway. `backend` (an already built `Backend`, e.g. over an `httpx` transport that replays recorded vLLM
+    answers) replaces both `backend_url` and the managed vLLM; `embedder` replaces the one the settings name (None:
+    no semantic layers). Both exist so that the routes can be tested in-process, in seconds."""
     settings = settings or Settings()
     metrics = Metrics()  # built before the lifespan: the request middleware needs it when the app is assembled
 
@@ -110,15 +118,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await audit.start()
         log.info("policies: %s", ", ".join(lp.policy.ref for lp in snapshot.policies.values()) or "none")
         managed = None
-        if settings.backend_url:
-            url = settings.backend_url
-        else:
+        upstream = backend
+        if upstream is None and settings.backend_url:
+            upstream = Backend(settings.backend_url, settings.backend_api_key, settings.backend_timeout_s)
+        elif upstream is None:
             managed = ManagedVLLM(settings)
             managed.start()
-            url = managed.url
-        backend = Backend(url, settings.backend_api_key, settings.backend_timeout_s)
-        semantic = SemanticRuntime(make_embedder(settings), settings.semantic_layers)
-        gateway = Gateway(settings, registry, backend, keys, metrics, audit, semantic, managed)
+            upstream = Backend(managed.url, settings.backend_api_key, settings.backend_timeout_s)
+        chosen = make_embedder(settings) if embedder is _FROM_SETTINGS else embedder
+        semantic = SemanticRuntime(chosen, settings.semantic_layers)  # type: ignore[arg-type]
+        gateway = Gateway(settings, registry, upstream, keys, metrics, audit, semantic, managed)
         gateway.warm_semantic(snapshot)
         app.state.gateway = gateway
         gateway._tasks.append(asyncio.create_task(gateway.connect_backend()))
@@ -130,7 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             for task in gateway._tasks:
                 task.cancel()
-            await backend.aclose()
+            await upstream.aclose()
             await audit.aclose()
             if managed is not None:
                 await asyncio.to_thread(managed.stop)

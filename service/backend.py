@@ -19,7 +19,9 @@ PROBE_TERM = "--"
 
 
 class Backend:
-    def __init__(self, base_url: str, api_key: str | None, timeout_s: float):
+    def __init__(self, base_url: str, api_key: str | None, timeout_s: float,
+                 transport: httpx.AsyncBaseTransport | None = None):  # fmt: skip
+        """`transport`: the test seam (an `httpx.MockTransport` replaying recorded vLLM answers, or an ASGI app)."""
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
         self.client = httpx.AsyncClient(
@@ -27,6 +29,7 @@ class Backend:
             headers=headers,
             timeout=httpx.Timeout(timeout_s, connect=5.0),
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
+            transport=transport,
         )
         self._models: list[str] = []
         self._models_at = 0.0
