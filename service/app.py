@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ from service.audit import AuditEvent, AuditLog
 from service.auth import KeyRing, exposure_problem
 from service.backend import Backend
 from service.errors import install_error_handlers
+from service.limits import RequestLimits
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.policy_registry import PolicyRegistry, PolicySnapshot
 from service.policy_registry import watch as watch_policies
@@ -53,7 +55,15 @@ class Gateway:
     async def reload_policies(self) -> PolicySnapshot:
         snapshot = await asyncio.to_thread(self.registry.reload)
         self.warm_semantic(snapshot)
+        if snapshot.missing:  # no file event will come when the grace ends: look again then
+            delay = max(0.0, min(snapshot.missing.values()) - time.monotonic()) + 0.05
+            self._tasks = [t for t in self._tasks if not t.done()]
+            self._tasks.append(asyncio.ensure_future(self._reload_later(delay)))
         return snapshot
+
+    async def _reload_later(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        await self.reload_policies()
 
     def warm_semantic(self, snapshot: PolicySnapshot) -> None:
         """Train the default policy set's semantic layers now, not on the first request."""
@@ -112,7 +122,8 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
                         "or QUELL_API_KEYS before exposing it.", settings.host)  # fmt: skip
         if settings.admin_token is None:
             log.warning("QUELL_ADMIN_TOKEN unset: the admin API (/admin) answers 401 to everyone")
-        registry = PolicyRegistry(settings.policies, on_reload=lambda snap: metrics.count_reload(not snap.errors))
+        registry = PolicyRegistry(settings.policies, on_reload=lambda snap: metrics.count_reload(not snap.errors),
+                                  removal_grace_s=settings.policy_removal_grace_s)  # fmt: skip
         snapshot = registry.reload()
         audit = AuditLog(settings.audit_url, queue_size=settings.audit_queue_size, metrics=metrics)
         await audit.start()
@@ -146,6 +157,8 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
 
     app = FastAPI(title="Quell", version="0.1.0", lifespan=lifespan)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes, max_concurrent=settings.max_concurrent,
+                       max_concurrent_per_key=settings.max_concurrent_per_key)  # fmt: skip
     install_error_handlers(app)
     from service.routes import admin, health, moderations, openai
     from service.routes import metrics as metrics_routes

@@ -6,6 +6,7 @@ Keys come from a YAML file (QUELL_KEYS_FILE) and/or the environment (QUELL_API_K
       acme:
         policies: [spiderman]        # this tenant's defaults (omit: the policies marked `default: true`)
         may_add: [pii-names]         # policies a request may add; ["*"] for any
+        see_detections: false        # /v1/moderations spans, scores and thresholds (default: categories only)
     keys:
       - key: sk-acme-1               # or sha256: <hex digest of the key>, to keep keys out of the file
         tenant: acme
@@ -33,6 +34,9 @@ class TenantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     policies: list[str] | None = None
     may_add: list[str] = Field(default_factory=list)
+    see_detections: bool = False
+    """/v1/moderations answers with spans, scores and thresholds only for tenants allowed to see them: for anyone
+    else they would be an oracle for evading the policies (categories and flags are all they get)."""
 
 
 class KeyEntry(BaseModel):
@@ -63,6 +67,7 @@ class Tenant:
     id: str
     policies: tuple[str, ...] | None = None  # None: the policies marked default
     may_add: frozenset[str] = frozenset()
+    see_detections: bool = False
 
     def may_add_policy(self, policy_id: str) -> bool:
         return "*" in self.may_add or policy_id in self.may_add
@@ -97,7 +102,7 @@ class KeyRing:
             for entry in parsed.keys:
                 cfg = parsed.tenants.get(entry.tenant, TenantConfig())
                 tenant = Tenant(entry.tenant, tuple(cfg.policies) if cfg.policies is not None else None,
-                                frozenset(cfg.may_add))  # fmt: skip
+                                frozenset(cfg.may_add), cfg.see_detections)  # fmt: skip
                 ring._entries.append((entry.digest, tenant))
         for item in filter(None, (part.strip() for part in (env_keys or "").split(","))):
             key, _, tenant = item.partition(":")

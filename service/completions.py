@@ -20,11 +20,13 @@ from filters.policy import Policy
 from filters.semantic import SemanticGuard
 from filters.stream_guard import GuardStep, OutputGuard
 from filters.surface import SurfaceLayer
+from service import token_fields
 from service.backend import Backend
 from service.choice_guard import ChoiceGuard
 from service.errors import APIError
 from service.policy_registry import surface_layer
 from service.semantic_runtime import SemanticRuntime
+from service.token_fields import StreamedTokens, filter_alternatives
 
 log = logging.getLogger("quell.completions")
 
@@ -104,19 +106,81 @@ def content_filter_results(decisions: list[Decision]) -> dict:
     return out
 
 
-def _get_text(kind: Kind, choice: dict, streaming: bool) -> str | None:
+@dataclass
+class Channel:
+    """One text the model produced inside a choice: the content, the reasoning, or one tool call's arguments.
+    Each is guarded on its own (a term split across two of them is not one term to a reader)."""
+
+    key: tuple[str, int]
+    holder: dict
+    name: str
+
+    @property
+    def text(self) -> str:
+        value = self.holder.get(self.name)
+        return value if isinstance(value, str) else ""
+
+    def set(self, text: str) -> None:
+        self.holder[self.name] = text
+
+
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+def channels(kind: Kind, choice: dict, streaming: bool) -> list[Channel]:
+    """Every model-written text of a choice (or of a stream chunk's choice), in the order the model writes them."""
     if kind == "completion":
-        return choice.get("text")
-    holder = choice.get("delta" if streaming else "message") or {}
-    content = holder.get("content")
-    return content if isinstance(content, str) else None
+        return [Channel(("text", 0), choice, "text")] if isinstance(choice.get("text"), str) else []
+    holder = choice.get("delta" if streaming else "message")
+    if not isinstance(holder, dict):
+        return []
+    out = [Channel((name, 0), holder, name) for name in REASONING_FIELDS if isinstance(holder.get(name), str)]
+    if isinstance(holder.get("content"), str):
+        out.append(Channel(("content", 0), holder, "content"))
+    for position, call in enumerate(holder.get("tool_calls") or []):
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            out.append(Channel(("tool", int(call.get("index", position))), function, "arguments"))
+    return out
 
 
-def _set_text(kind: Kind, choice: dict, streaming: bool, text: str) -> None:
+def new_channel(kind: Kind, choice: dict, key: tuple[str, int]) -> Channel:
+    """A channel this stream chunk did not carry, created to release the text its guard still held."""
+    if kind == "completion":
+        return Channel(key, choice, "text")
+    delta = choice.setdefault("delta", {})
+    name, index = key
+    if name == "tool":
+        call = {"index": index, "function": {"arguments": ""}}
+        delta.setdefault("tool_calls", []).append(call)
+        return Channel(key, call["function"], "arguments")
+    return Channel(key, delta, name)
+
+
+def _set_refusal(kind: Kind, choice: dict, streaming: bool, text: str) -> None:
+    """A refused choice says the refusal and nothing else the model wrote."""
     if kind == "completion":
         choice["text"] = text
-    else:
-        choice.setdefault("delta" if streaming else "message", {})["content"] = text
+        return
+    holder = choice.setdefault("delta" if streaming else "message", {})
+    for name in REASONING_FIELDS:
+        holder.pop(name, None)
+    holder.pop("tool_calls", None)
+    holder["content"] = text
+
+
+def reject_side_channels(kind: Kind, body: dict, policies: list[Policy]) -> None:
+    """Prompt logprobs rank what the model would say at each prompt position, before any layer can act: under an
+    output policy they would hand a client the unmasked continuation (`Spider-` -> `Man`). Refuse them."""
+    if not any("output" in p.applies_to and p.targets for p in policies):
+        return
+    if body.get("prompt_logprobs") is not None:
+        raise APIError(400, "prompt_logprobs are not available while output policies apply: they show the "
+                       "unfiltered model's ranking", param="prompt_logprobs", code="unsupported_under_policy")  # fmt: skip
+    if kind == "completion" and body.get("echo") and body.get("logprobs") is not None:
+        raise APIError(400, "echo with logprobs is not available while output policies apply: the prompt's "
+                       "top_logprobs show the unfiltered model's ranking", param="echo",
+                       code="unsupported_under_policy")  # fmt: skip
 
 
 async def respond_json(backend: Backend, req: GuardedRequest) -> JSONResponse:
@@ -124,26 +188,47 @@ async def respond_json(backend: Backend, req: GuardedRequest) -> JSONResponse:
     if resp.status_code >= 400:
         return _relay_error(resp)
     payload = resp.json()
-    guards = []
+    guards: list[ChoiceGuard] = []
     for choice in payload.get("choices", []):
-        text = _get_text(req.kind, choice, streaming=False)
-        if text is None:
-            continue
-        guard = req.new_guard()
-        guards.append(guard)
-        out, stopped = await guard.whole(text)
-        decisions = guard.decisions
-        req.decided(decisions, text)
-        if not decisions:
-            continue
-        if out != text:
-            _set_text(req.kind, choice, False, out)
-            choice.pop("logprobs", None)  # token logprobs would spell out what the guard removed
-        if stopped:
-            choice["finish_reason"] = "content_filter"
-        choice["content_filter_results"] = content_filter_results(decisions)
+        guards += await _guard_whole_choice(req, choice)
     req.done(guards)
     return JSONResponse(payload, headers=req.headers)
+
+
+async def _guard_whole_choice(req: GuardedRequest, choice: dict) -> list[ChoiceGuard]:
+    decisions: list[Decision] = []
+    guards, changed, stopped, refusal = [], False, False, None
+    for channel in channels(req.kind, choice, streaming=False):
+        text = channel.text
+        guard = req.new_guard()
+        guards.append(guard)
+        out, cut = await guard.whole(text)
+        req.decided(guard.decisions, text)
+        decisions += guard.decisions
+        if cut and any(d.action == "refuse" for d in guard.decisions):
+            refusal = refusal if refusal is not None else out
+        elif out != text:
+            channel.set(out)
+        changed |= out != text or cut
+        if cut and not stopped:
+            stopped = True
+            message = choice.get("message") or {}
+            if channel.key[0] in REASONING_FIELDS and isinstance(message.get("content"), str):
+                message["content"] = ""  # the answer comes after the reasoning that was cut
+            message.pop("tool_calls", None)  # a cut tool call must never be run
+    if not decisions:
+        filter_alternatives(choice.get("logprobs"), req.surface.automaton if req.text_backstop else None)
+        return guards
+    if changed:
+        token_fields.strip(choice)
+    else:
+        filter_alternatives(choice.get("logprobs"), req.surface.automaton if req.text_backstop else None)
+    if refusal is not None:
+        _set_refusal(req.kind, choice, False, refusal)
+    if stopped or refusal is not None:
+        choice["finish_reason"] = "content_filter"
+    choice["content_filter_results"] = content_filter_results(decisions)
+    return guards
 
 
 def _relay_error(resp) -> JSONResponse:
@@ -173,12 +258,78 @@ async def respond_stream(backend: Backend, req: GuardedRequest) -> StreamingResp
     return StreamingResponse(_guarded_events(cm, resp, req), media_type="text/event-stream", headers=req.headers)
 
 
+@dataclass
+class StreamedChoice:
+    """One choice of a stream: a guard per channel, and its token fields held in step with the released text."""
+
+    req: GuardedRequest
+    guards: dict[tuple[str, int], ChoiceGuard] = field(default_factory=dict)
+    tokens: StreamedTokens = field(init=False)
+    said: list[str] = field(default_factory=list)  # what the model wrote, for the audit's optional hash/snippet
+    finished: bool = False
+
+    def __post_init__(self) -> None:
+        self.tokens = StreamedTokens(self.req.surface.automaton if self.req.text_backstop else None)
+
+    @property
+    def decisions(self) -> list[Decision]:
+        return [d for g in self.guards.values() for d in g.decisions]
+
+    async def step(self, choice: dict) -> None:
+        """Guard one chunk's choice in place."""
+        kind = self.req.kind
+        present = channels(kind, choice, streaming=True)
+        self.tokens.take(choice, "".join(c.text for c in present))
+        released: list[str] = []
+        stopped, refusal, changed = False, None, False
+        last = choice.get("finish_reason") is not None
+        for channel in present:
+            text = channel.text
+            self.said.append(text)
+            if stopped:  # cut earlier in this chunk: nothing after the cut goes out
+                channel.set("")
+                continue
+            guard = self.guards.setdefault(channel.key, self.req.new_guard())
+            out = await guard.feed(text) if text else GuardStep("")
+            if last and not out.stopped:
+                end = await guard.finish()
+                out = GuardStep(out.text + end.text, out.decisions + end.decisions, end.stopped, end.refusal)
+            channel.set(out.text)
+            released.append(out.text)
+            changed |= bool(out.decisions) and any(d.action != "flag" for d in out.decisions)
+            if out.stopped:
+                stopped, refusal = True, out.refusal
+        if last and not stopped:  # channels this chunk did not carry may still hold text back
+            for key, guard in self.guards.items():
+                if any(c.key == key for c in present):
+                    continue
+                end = await guard.finish()
+                if end.text:
+                    new_channel(kind, choice, key).set(end.text)
+                    released.append(end.text)
+                changed |= any(d.action != "flag" for d in end.decisions)
+                if end.stopped:
+                    stopped, refusal = True, end.refusal
+                    break
+        self.tokens.give(choice, "".join(released), changed or stopped)
+        if stopped:
+            if refusal:
+                holder = choice if kind == "completion" else choice.get("delta") or {}
+                before = holder.get("text" if kind == "completion" else "content") or ""
+                _set_refusal(kind, choice, True, before + ("\n\n" if before else "") + refusal)
+            choice["finish_reason"] = "content_filter"
+        if choice.get("finish_reason") is not None:
+            self.finished = True
+            decisions = self.decisions
+            if decisions:
+                choice["content_filter_results"] = content_filter_results(decisions)
+                self.req.decided(decisions, "".join(self.said))
+
+
 async def _guarded_events(cm, resp, req: GuardedRequest) -> AsyncIterator[bytes]:
     """Re-emit the backend's SSE events with each choice's text guarded. Closing this generator (the client went
     away) closes the upstream response, and vLLM aborts the generation."""
-    guards: dict[int, ChoiceGuard] = {}
-    seen: dict[int, list[str]] = {}  # what the model said per choice, for the audit's optional hash/snippet
-    finished: set[int] = set()
+    streamed: dict[int, StreamedChoice] = {}
     want_usage = bool((req.body.get("stream_options") or {}).get("include_usage"))
     n = int(req.body.get("n") or 1)
     try:
@@ -191,39 +342,18 @@ async def _guarded_events(cm, resp, req: GuardedRequest) -> AsyncIterator[bytes]
             chunk = json.loads(data)
             out_choices = []
             for choice in chunk.get("choices", []):
-                idx = choice.get("index", 0)
-                if idx in finished:
+                state = streamed.setdefault(choice.get("index", 0), StreamedChoice(req))
+                if state.finished:
                     continue  # this choice was cut by a layer: drop the rest of what the model says
-                guard = guards.setdefault(idx, req.new_guard())
-                text = _get_text(req.kind, choice, streaming=True)
-                step = await guard.feed(text) if text else GuardStep("")
-                if choice.get("finish_reason") is not None and not step.stopped:
-                    end = await guard.finish()
-                    step = GuardStep(step.text + end.text, step.decisions + end.decisions, end.stopped, end.refusal)
-                if text:
-                    seen.setdefault(idx, []).append(text)
-                if text is not None or step.text:
-                    if step.text != text:
-                        choice.pop("logprobs", None)
-                    _set_text(req.kind, choice, True, step.text)
-                if step.stopped:
-                    if step.refusal:
-                        _set_text(req.kind, choice, True, step.text + ("\n\n" if step.text else "") + step.refusal)
-                    choice["finish_reason"] = "content_filter"
-                    choice.pop("logprobs", None)
-                if choice.get("finish_reason") is not None:
-                    finished.add(idx)
-                    if guard.decisions:
-                        choice["content_filter_results"] = content_filter_results(guard.decisions)
-                        req.decided(guard.decisions, "".join(seen.get(idx, [])))
+                await state.step(choice)
                 out_choices.append(choice)
             if chunk.get("choices") and not out_choices:
                 continue
             chunk["choices"] = out_choices
             yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
-            if len(finished) >= n and not want_usage:
+            if sum(s.finished for s in streamed.values()) >= n and not want_usage:
                 break  # every choice is done; stop the backend early if a layer cut it
         yield b"data: [DONE]\n\n"
     finally:
-        req.done(list(guards.values()))
+        req.done([g for s in streamed.values() for g in s.guards.values()])
         await cm.__aexit__(None, None, None)

@@ -78,9 +78,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
+        param = "body" if exc.status_code == 413 else None
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        return APIError(exc.status_code, detail, code=code, headers=getattr(exc, "headers", None)).response()
+        return APIError(exc.status_code, detail, code=code, param=param, headers=getattr(exc, "headers", None)).response()
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(_: Request, exc: RecursionError) -> JSONResponse:
+        return APIError(400, "request body is nested too deeply to parse", param="body", code="invalid_json").response()
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

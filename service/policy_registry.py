@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ class LoadedPolicy:
 class PolicySnapshot:
     policies: dict[str, LoadedPolicy]
     errors: dict[Path, tuple[PolicyIssue, ...]] = field(default_factory=dict)
+    missing: dict[str, float] = field(default_factory=dict)
+    """Policies whose file is gone but which stay live until the removal grace ends: id -> monotonic deadline."""
 
     def default_ids(self) -> list[str]:
         return [pid for pid, lp in self.policies.items() if lp.policy.default]
@@ -63,11 +66,22 @@ def surface_layer(policies: list[Policy], direction: str | None = "output") -> S
 
 
 class PolicyRegistry:
-    def __init__(self, directory: Path, on_reload: Callable[[PolicySnapshot], None] | None = None):
+    """Live policies of one directory.
+
+    A policy that was live stays live until an operator removes it on purpose: a file that fails validation keeps
+    its last good version, and a file that disappears keeps it for `removal_grace_s` (an editor's save renames the
+    old file away and writes the new one a moment later; a ConfigMap swap does the same). Only a file that stays
+    gone past the grace, or `remove()` (the admin DELETE), takes a policy out.
+    """
+
+    def __init__(self, directory: Path, on_reload: Callable[[PolicySnapshot], None] | None = None,
+                 removal_grace_s: float = 10.0):  # fmt: skip
         self.directory = directory
+        self.removal_grace_s = removal_grace_s
         self._lock = threading.Lock()
         self._snapshot = PolicySnapshot({})
         self._on_reload = on_reload
+        self._missing_since: dict[str, float] = {}
 
     @property
     def snapshot(self) -> PolicySnapshot:
@@ -85,9 +99,21 @@ class PolicyRegistry:
                 unchanged = prev is not None and prev.policy.digest == policy.digest
                 policies[pid] = prev if unchanged else LoadedPolicy(policy, result.files[pid], now)
             broken_files = set(result.errors)
+            clock = time.monotonic()
+            missing: dict[str, float] = {}
             for pid, prev in old.items():
-                if pid not in policies and prev.file in broken_files:
+                if pid in policies:
+                    continue
+                if prev.file in broken_files:
                     policies[pid] = prev  # the file is broken now: keep serving what it said before
+                elif not prev.file.exists():
+                    deadline = self._missing_since.setdefault(pid, clock) + self.removal_grace_s
+                    if clock < deadline:
+                        policies[pid] = prev  # gone for a moment (an editor's save, a ConfigMap swap): keep it
+                        missing[pid] = deadline
+                        log.warning("policy file %s is gone; %s stays live for %.1f s unless it comes back",
+                                    prev.file, prev.policy.ref, deadline - clock)  # fmt: skip
+            self._missing_since = {pid: since for pid, since in self._missing_since.items() if pid in missing}
             for issues in result.errors.values():
                 for issue in issues:
                     log.error("policy rejected, last good version kept: %s", issue)
@@ -95,10 +121,20 @@ class PolicyRegistry:
                 log.info("policy loaded: %s from %s", policies[pid].policy.ref, policies[pid].file)
             for pid in old.keys() - policies.keys():
                 log.info("policy removed: %s", old[pid].policy.ref)
-            self._snapshot = PolicySnapshot(policies, {p: tuple(i) for p, i in result.errors.items()})
+            self._snapshot = PolicySnapshot(policies, {p: tuple(i) for p, i in result.errors.items()}, missing)
             if self._on_reload is not None:
                 self._on_reload(self._snapshot)
             return self._snapshot
+
+    def remove(self, policy_id: str) -> PolicySnapshot:
+        """Take a policy out on purpose (admin DELETE): its file is deleted and the policy leaves at once."""
+        with self._lock:
+            loaded = self._snapshot.policies.get(policy_id)
+            if loaded is None:
+                raise KeyError(policy_id)
+            loaded.file.unlink(missing_ok=True)
+            self._missing_since[policy_id] = float("-inf")  # no grace for a removal the operator asked for
+        return self.reload()
 
     def file_for(self, policy_id: str) -> Path:
         """Where a policy lives (or would live if new)."""

@@ -6,6 +6,7 @@ backend. Unknown fields are forwarded unchanged, so vLLM extensions keep working
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,3 +54,25 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
+
+
+def check_sendable(value: Any, path: str = "") -> None:
+    """Refuse what strict JSON cannot carry to the backend (a lone surrogate, NaN or an infinity), naming the field.
+    Python's JSON parser accepts both, and passthrough fields are not typed, so they would surface as a 500."""
+    from service.errors import APIError  # schemas stay importable without the service's error types
+
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise APIError(400, f"{path or 'body'}: text holds a lone UTF-16 surrogate (not valid Unicode)",
+                           param=path or None, code="invalid_value") from None  # fmt: skip
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise APIError(400, f"{path or 'body'}: {value} is not a JSON number", param=path or None, code="invalid_value")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_sendable(key, path)
+            check_sendable(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_sendable(item, f"{path}[{i}]")

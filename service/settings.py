@@ -57,12 +57,26 @@ class Settings(BaseSettings):
     api_keys: str | None = None
     """Client keys in the environment: comma-separated `key` or `key:tenant`; tenants get the default policies."""
     reload_debounce_ms: int = Field(300, ge=0)
+    policy_removal_grace_s: float = Field(10.0, ge=0)
+    """A policy whose file disappears stays live this long (an editor's save, a ConfigMap swap); only a file that
+    stays gone, or DELETE /admin/policies/{id}, takes it out."""
 
     audit_url: str = "sqlite:///.cache/audit.db"
     """Any SQLAlchemy URL; PostgreSQL (postgresql+psycopg://...) when several gateway replicas share one store."""
     audit_queue_size: int = Field(10_000, ge=1)
     audit_store_text: Literal["none", "hash", "snippet"] = "none"
     """Audit events never hold prompt or response text unless this says so."""
+
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    """Largest request body accepted (413 beyond)."""
+    max_concurrent: int = Field(256, ge=1)
+    """Requests in flight per gateway process (429 with Retry-After beyond); streams count until they end."""
+    max_concurrent_per_key: int = Field(64, ge=1)
+    """Requests in flight per client key (429 with Retry-After beyond)."""
+    moderation_max_chars: int = Field(200_000, ge=1)
+    """Characters in all that one /v1/moderations request may send (413 beyond)."""
+    moderation_timeout_s: float = Field(10.0, gt=0)
+    """Deadline for one /v1/moderations request's semantic scoring (504 beyond)."""
 
     log_level: str = "info"
 

@@ -55,7 +55,7 @@ async def list_policies(gateway: GatewayDep) -> dict:
     stale = {str(path) for path in snap.errors}
     items = [
         {"id": pid, "version": lp.policy.version, "loaded_at": lp.loaded_at.isoformat(), "file": str(lp.file),
-         "status": "stale" if str(lp.file) in stale else "active",
+         "status": "stale" if str(lp.file) in stale else ("file_missing" if pid in snap.missing else "active"),
          "errors": _issues(snap.errors.get(lp.file, ()))}
         for pid, lp in snap.policies.items()
     ]  # fmt: skip
@@ -113,6 +113,21 @@ async def put_policy(policy_id: str, request: Request, gateway: GatewayDep, _bod
     live = snapshot.policies.get(policy_id)
     return JSONResponse({"valid": True, "policy": _summary(policy), "file": str(path),
                          "active_version": live.policy.version if live else None})  # fmt: skip
+
+
+@router.delete("/policies/{policy_id}")
+async def delete_policy(policy_id: str, gateway: GatewayDep) -> dict:
+    """Take a policy out on purpose: its file is deleted and it stops applying at once (a file that merely
+    disappears keeps its policy live for QUELL_POLICY_REMOVAL_GRACE_S)."""
+    async with _write_lock:
+        try:
+            snapshot = await asyncio.to_thread(gateway.registry.remove, policy_id)
+        except KeyError:
+            raise APIError(404, f"no policy {policy_id!r}", param="policy_id", code="unknown_policy") from None
+        except OSError as exc:
+            raise APIError(409, f"cannot delete the file of {policy_id!r}: {exc.strerror} (a read-only mount such "
+                                "as a ConfigMap? edit the source instead)", code="policies_read_only") from None  # fmt: skip
+    return {"deleted": policy_id, "policies": [lp.policy.ref for lp in snapshot.policies.values()]}
 
 
 @router.get("/audit")

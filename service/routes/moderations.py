@@ -2,11 +2,18 @@
 
 Categories are target ids. `category_scores` per target is the highest score any layer gave it: 1.0 for a surface
 match, the classifier's probability, or the embedding layer's cosine (clipped at 0). A category is flagged when a
-layer reached its threshold. Each result also carries a `quell` block: every detection with layer, span and score.
+layer reached its threshold. Tenants allowed to see detections (`see_detections` in the keys file; the keyless
+loopback mode) also get a `quell` block per result: every detection with layer, span, score and threshold. Everyone
+else gets categories and flags only (scores are 1.0 or 0.0): exact spans and thresholds would be an oracle for
+writing text that slips under them.
+
+Bounded: at most `moderation_max_chars` characters in all per request (413 beyond), scored in small batches under a
+deadline (`moderation_timeout_s`, 504 beyond), so one large request cannot hold the embedder from chat requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Annotated
 
@@ -14,6 +21,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.deps import GatewayDep, TenantDep
+from service.errors import APIError
 from service.inspect import surface_decisions
 from service.routes.openai import PoliciesHeader, select_policies
 from service.schemas import QuellOptions
@@ -30,6 +38,21 @@ class ModerationRequest(BaseModel):
     quell: QuellOptions | None = None
 
 
+BATCH = 8
+"""Texts scored per embedder call: small enough that a deadline or a cancellation takes effect between batches."""
+
+
+async def _semantic_scores(guard, texts: list[str]) -> list[list]:
+    semantic: list[list] = [[] for _ in texts]
+    for direction in ("output", "input"):
+        if not guard.models_for(direction):
+            continue
+        for first in range(0, len(texts), BATCH):
+            for i, found in enumerate(await guard.scores_async(texts[first : first + BATCH], direction)):
+                semantic[first + i] += found
+    return semantic
+
+
 @router.post("/v1/moderations")
 async def moderations(body: ModerationRequest, gateway: GatewayDep, tenant: TenantDep,
                       x_quell_policies: PoliciesHeader = None) -> dict:  # fmt: skip
@@ -37,37 +60,51 @@ async def moderations(body: ModerationRequest, gateway: GatewayDep, tenant: Tena
     requested += body.quell.policies if body.quell else []
     policies = select_policies(gateway.registry.snapshot, tenant, requested)
     texts = [body.input] if isinstance(body.input, str) else body.input
+    limit = gateway.settings.moderation_max_chars
+    if sum(len(t) for t in texts) > limit:
+        raise APIError(413, f"input: {sum(len(t) for t in texts)} characters in all, more than the {limit} this "
+                            "gateway moderates per request; split the request", param="input",
+                       code="input_too_large")  # fmt: skip
     runtime = gateway.semantic
     guard = await runtime.guard(policies) if runtime.enabled else None
     semantic: list[list] = [[] for _ in texts]
     if guard is not None:
         with gateway.metrics.time_layer("semantic"):
-            for direction in ("output", "input"):
-                if guard.models_for(direction):
-                    for i, found in enumerate(await guard.scores_async(texts, direction)):
-                        semantic[i] += found
-    results = []
-    for text, found in zip(texts, semantic, strict=True):
-        categories: dict[str, bool] = {t.id: False for p in policies for t in p.targets}
-        scores: dict[str, float] = dict.fromkeys(categories, 0.0)
-        detections = []
-        for d in surface_decisions(policies, text):
-            categories[d.target_id] = True
-            scores[d.target_id] = 1.0
-            detections.append({"policy": d.policy_ref, "target": d.target_id, "layer": "surface", "action": d.action,
-                               "score": 1.0, "threshold": 1.0, "span": [d.start, d.end]})  # fmt: skip
-        seen = set()
-        for d in sorted(found, key=lambda d: -d.score):
-            if (d.target_id, d.layer) in seen:
-                continue
-            seen.add((d.target_id, d.layer))
-            categories[d.target_id] |= d.flagged
-            scores[d.target_id] = max(scores[d.target_id], round(max(0.0, float(d.score)), 4))
-            detections.append({"policy": d.policy_ref, "target": d.target_id, "layer": d.layer,
-                               "action": d.action.value, "score": round(float(d.score), 4),
-                               "threshold": round(float(d.threshold), 4), "flagged": d.flagged,
-                               "span": list(d.span)})  # fmt: skip
-        results.append({"flagged": any(categories.values()), "categories": categories, "category_scores": scores,
-                        "quell": {"detections": detections}})  # fmt: skip
+            try:
+                semantic = await asyncio.wait_for(_semantic_scores(guard, texts),
+                                                  gateway.settings.moderation_timeout_s)  # fmt: skip
+            except TimeoutError:
+                raise APIError(504, f"moderation did not finish within {gateway.settings.moderation_timeout_s:g} s; "
+                                    "send fewer or shorter texts", type="timeout_error",
+                               code="moderation_timeout") from None  # fmt: skip
+    results = [_result(text, found, policies, tenant.see_detections) for text, found in zip(texts, semantic, strict=True)]
     return {"id": f"modr-{uuid.uuid4().hex}", "model": body.model or "quell",
-            "policies": [p.ref for p in policies], "results": results}  # fmt: skip
+            "policies": [p.ref for p in policies] if tenant.see_detections else [p.id for p in policies],
+            "results": results}  # fmt: skip
+
+
+def _result(text: str, found: list, policies: list, detailed: bool) -> dict:
+    categories: dict[str, bool] = {t.id: False for p in policies for t in p.targets}
+    scores: dict[str, float] = dict.fromkeys(categories, 0.0)
+    detections = []
+    for d in surface_decisions(policies, text):
+        categories[d.target_id] = True
+        scores[d.target_id] = 1.0
+        detections.append({"policy": d.policy_ref, "target": d.target_id, "layer": "surface", "action": d.action,
+                           "score": 1.0, "threshold": 1.0, "span": [d.start, d.end]})  # fmt: skip
+    seen = set()
+    for d in sorted(found, key=lambda d: -d.score):
+        if (d.target_id, d.layer) in seen:
+            continue
+        seen.add((d.target_id, d.layer))
+        categories[d.target_id] |= d.flagged
+        scores[d.target_id] = max(scores[d.target_id], round(max(0.0, float(d.score)), 4))
+        detections.append({"policy": d.policy_ref, "target": d.target_id, "layer": d.layer,
+                           "action": d.action.value, "score": round(float(d.score), 4),
+                           "threshold": round(float(d.threshold), 4), "flagged": d.flagged,
+                           "span": list(d.span)})  # fmt: skip
+    if not detailed:
+        return {"flagged": any(categories.values()), "categories": categories,
+                "category_scores": {t: float(flag) for t, flag in categories.items()}}  # fmt: skip
+    return {"flagged": any(categories.values()), "categories": categories, "category_scores": scores,
+            "quell": {"detections": detections}}  # fmt: skip

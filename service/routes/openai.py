@@ -9,11 +9,18 @@ from fastapi import APIRouter, Header
 from filters.policy import Policy
 from service import input_screen
 from service.auth import Tenant
-from service.completions import GuardedRequest, Kind, content_filter_results, respond_json, respond_stream
+from service.completions import (
+    GuardedRequest,
+    Kind,
+    content_filter_results,
+    reject_side_channels,
+    respond_json,
+    respond_stream,
+)
 from service.deps import GatewayDep, TenantDep
 from service.errors import APIError, backend_unavailable
 from service.policy_registry import PolicySnapshot
-from service.schemas import ChatCompletionRequest, CompletionRequest
+from service.schemas import ChatCompletionRequest, CompletionRequest, check_sendable
 
 router = APIRouter(tags=["openai"])
 PoliciesHeader = Annotated[str | None, Header(alias="x-quell-policies", description="extra policy ids, comma-separated")]
@@ -21,7 +28,11 @@ PoliciesHeader = Annotated[str | None, Header(alias="x-quell-policies", descript
 
 @router.get("/v1/models")
 async def list_models(gateway: GatewayDep, _: TenantDep) -> dict:
-    return await gateway.backend.models_payload()
+    payload = await gateway.backend.models_payload()
+    for card in payload.get("data") or []:
+        if isinstance(card, dict) and "root" in card:
+            card["root"] = card.get("id")  # vLLM puts the server's model folder here: not the client's business
+    return payload
 
 
 @router.post("/v1/chat/completions")
@@ -67,6 +78,8 @@ async def _complete(kind: Kind, request: ChatCompletionRequest | CompletionReque
         raise APIError(404, f"model {request.model!r} does not exist; available: {', '.join(models)}",
                        param="model", code="model_not_found")  # fmt: skip
     body = request.model_dump(exclude_unset=True, exclude={"quell"})
+    check_sendable(body)
+    reject_side_channels(kind, body, policies)
     runtime = gateway.semantic
     req = GuardedRequest(kind, body, policies, gateway.decode_mask, gateway.settings.text_backstop, runtime)
     req.report = lambda decisions, text: gateway.report(decisions, text, req.request_id, tenant.id)
