@@ -14,6 +14,7 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from filters.automaton import MatchMode, reader_mode
 from filters.normalize import word_chars
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
@@ -29,8 +30,19 @@ class SurfaceAction(StrEnum):
 
 
 class TermMatch(StrEnum):
-    WORD = "word"  # the term must end on a word edge: "Spiderman" matches, "Spidermanagement" does not
-    PREFIX = "prefix"  # any ending: also "Spider-Mane", "Spidermen" (and any longer word that starts with it)
+    """Where a term may begin and end (`filters.automaton`, "the matching contract"). Every mode reads case changes
+    ("TeamSpiderman") as word starts and undoes stand-ins ("Sp1derman")."""
+
+    READER = "reader"  # the default: `prefix`, and `inside` for terms of INSIDE_MIN_CHARS or more word characters
+    WORD = "word"  # opt-in for short or common terms: "Spiderman" matches, "Spidermanagement" does not
+    PREFIX = "prefix"  # from a word start, any ending: also "Spider-Mane", "Spiderman2018" (and "spidermanagement")
+    INSIDE = "inside"  # anywhere, also inside a word: "xxspidermanxx"
+
+    def mode_for(self, term: str) -> MatchMode:
+        """The automaton mode this setting gives `term`."""
+        if self is TermMatch.READER:
+            return reader_mode(term)
+        return MatchMode(self.value)
 
 
 class ConceptAction(StrEnum):
@@ -170,7 +182,7 @@ class Target(_Strict):
     terms: list[str] = Field(default_factory=list)
     allow_short: bool = False
     concept: Concept | None = None
-    match: TermMatch = TermMatch.WORD
+    match: TermMatch = TermMatch.READER
     on_surface: SurfaceAction = SurfaceAction.MASK
     on_concept: ConceptAction = ConceptAction.REFUSE
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from filters.automaton import TermAutomaton
+from filters.automaton import MatchMode, TermAutomaton
 from filters.decision import ACTION_RANK, Decision, Layer
 from filters.normalize import word_chars
-from filters.policy import Policy, SurfaceAction, TermMatch
+from filters.policy import Policy, SurfaceAction
 from filters.text_matcher import find_matches
 
 
@@ -25,25 +25,36 @@ class SurfaceLayer:
 
     def __init__(self, policies: Sequence[Policy], direction: str | None = "output"):
         self._rules: dict[str, list[TermRule]] = {}
-        terms: list[str] = []
-        prefix: list[str] = []
-        mask: list[str] = []
-        mask_prefix: list[str] = []
+        by_mode: dict[MatchMode, list[str]] = {mode: [] for mode in MatchMode}
+        mask: dict[MatchMode, list[str]] = {mode: [] for mode in MatchMode}
         for policy in policies:
             if direction is not None and direction not in policy.applies_to:
                 continue
             for target in policy.targets:
                 rule = TermRule(policy.ref, target.id, target.on_surface, policy.refusal)
-                is_prefix = target.match is TermMatch.PREFIX
                 for term in target.terms:
+                    mode = target.match.mode_for(term)
                     self._rules.setdefault(word_chars(term), []).append(rule)
-                    (prefix if is_prefix else terms).append(term)
+                    by_mode[mode].append(term)
                     if target.on_surface is SurfaceAction.MASK:
-                        (mask_prefix if is_prefix else mask).append(term)
-        self.automaton: TermAutomaton | None = TermAutomaton(terms, prefix=prefix) if terms or prefix else None
-        self.mask_terms: tuple[str, ...] = tuple(dict.fromkeys(mask))
+                        mask[mode].append(term)
+        groups = [by_mode[MatchMode.WORD], by_mode[MatchMode.PREFIX], by_mode[MatchMode.INSIDE]]
+        self.automaton: TermAutomaton | None = TermAutomaton(*groups) if any(groups) else None
+        self.mask_terms: tuple[str, ...] = tuple(dict.fromkeys(mask[MatchMode.WORD]))
         """Terms for the decode-time plugin: only `mask` targets (other actions need to see the term to act)."""
-        self.mask_prefix_terms: tuple[str, ...] = tuple(dict.fromkeys(mask_prefix))
+        self.mask_inside_terms: tuple[str, ...] = tuple(dict.fromkeys(mask[MatchMode.INSIDE]))
+        self.mask_prefix_terms: tuple[str, ...] = tuple(dict.fromkeys(mask[MatchMode.PREFIX] + mask[MatchMode.INSIDE]))
+        """Prefix terms, plus the inside terms (a gateway that sends only `quell_terms` and `quell_prefix_terms`
+        still masks their word-start forms; `plugin_args` sends each where it belongs)."""
+
+    def plugin_args(self) -> dict[str, list[str]]:
+        """`vllm_xargs` for the decode-time plugin (`filters.vllm_plugin`): each mask term under its mode's key."""
+        args = {
+            "quell_terms": list(self.mask_terms),
+            "quell_prefix_terms": [t for t in self.mask_prefix_terms if t not in set(self.mask_inside_terms)],
+            "quell_inside_terms": list(self.mask_inside_terms),
+        }
+        return {key: terms for key, terms in args.items() if terms}
 
     def decisions(self, text: str) -> list[Decision]:
         """Every match in a complete text as a decision with the strongest action among its targets."""

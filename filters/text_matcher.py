@@ -1,9 +1,9 @@
 """Find terms in text, one-shot or streaming, with spans in the original text.
 
-Uses the same trie and the same semantics as the decode-time automaton (`filters.automaton`): a term starts at a
-word edge, its word characters follow in order with any separators between them, and it ends at a word edge (a
-separator or the end of text). The streaming matcher holds back only the suffix that could still become part of a
-match and releases everything before it.
+Uses the same tries, the same NFA step (`TermAutomaton.advance`) and so the same contract as the decode-time
+automaton (`filters.automaton`): word starts (including a lowercase letter followed by an uppercase one), stand-ins,
+and each term's mode (word, prefix, inside). The streaming matcher holds back only the suffix that could still
+become part of a match and releases everything before it.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from filters.automaton import TermAutomaton
-from filters.normalize import SEPARATOR, normalize_char
+from filters.automaton import SEP_CLASS, TermAutomaton
+from filters.normalize import SEPARATOR, surface_char
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,11 @@ class StreamMatcher:
     """
 
     automaton: TermAutomaton
-    _live: dict[int, int] = field(default_factory=dict)  # trie node -> start offset of its earliest partial match
-    _last_word_end: dict[int, int] = field(default_factory=dict)  # trie node -> end offset of its last word char
+    _live: dict[int, int] = field(default_factory=dict)  # configuration -> start offset of its earliest match
+    _last_end: dict[int, int] = field(default_factory=dict)  # configuration -> end offset of its last word char
+    _reported: set[tuple[int, int]] = field(default_factory=set)  # (configuration, start) already reported
     _at_edge: bool = True
+    _after_lower: bool = False
     _pos: int = 0
     _closed: bool = False
 
@@ -54,71 +56,56 @@ class StreamMatcher:
         if self._closed:
             raise RuntimeError("StreamMatcher.feed after finish()")
         found: list[Match] = []
-        children = self.automaton.trie.children
-        root = children[0]
-        prefix_nodes = self.automaton.prefix_nodes
-        live = self._live
+        automaton = self.automaton
+        fast = not automaton.has_inside
         for ch in text:
             pos = self._pos
             self._pos = pos + 1
-            if not live and not self._at_edge and ch.isalnum() and ch.isascii():
-                continue  # fast path: inside a word that started no term
-            for sym in normalize_char(ch):
-                if sym == SEPARATOR:
-                    if live:
-                        self._confirm(found)
-                    self._at_edge = True
+            if fast and not self._live and not self._at_edge and ch.isascii() and ch.isalnum():
+                # inside a word that started no term (a case change would be a word start: take the slow path)
+                if not (self._after_lower and ch.isupper()):
+                    self._after_lower = ch.islower()
                     continue
-                nxt: dict[int, int] = {}
-                nxt_end: dict[int, int] = {}
-                for node, start in live.items():
-                    child = children[node].get(sym)
-                    if child is not None and (child not in nxt or start < nxt[child]):
-                        nxt[child] = start
-                        nxt_end[child] = pos + 1
-                if self._at_edge:
-                    child = root.get(sym)
-                    if child is not None and child not in nxt:
-                        nxt[child] = pos
-                        nxt_end[child] = pos + 1
-                if prefix_nodes and not prefix_nodes.isdisjoint(nxt):
-                    self._confirm_prefix(nxt, nxt_end, found)
-                live = self._live = nxt
-                self._last_word_end = nxt_end
-                self._at_edge = False
+            syms = surface_char(ch)
+            if not syms:
+                continue
+            if self._after_lower and (ch.isupper() or ch.istitle()):
+                syms = SEPARATOR + syms
+            self._after_lower = ch.islower()
+            for sym in syms:
+                self._step(automaton.symbol_class(sym), pos, found)
         return found
+
+    def _step(self, cls: int, pos: int, found: list[Match]) -> None:
+        if cls == SEP_CLASS and not self._live:
+            self._at_edge = True
+            return
+        automaton = self.automaton
+        live, at_edge, matched, reached = automaton.advance(self._live, self._at_edge, cls, pos)
+        last_end = {c: self._last_end[c] for c in live if c not in reached and c in self._last_end}
+        last_end.update((c, pos + 1) for c in reached)
+        children = automaton.trie.children
+        for config, start in matched:
+            by_edge = config not in reached
+            if (config, start) not in self._reported:
+                self._reported.add((config, start))
+                found.append(Match(automaton.term_at(config, by_edge), start, last_end[config]))
+            if not children[config >> 1]:
+                # a complete term with nothing longer to grow into can never match again
+                live.pop(config, None)
+        self._live, self._last_end, self._at_edge = live, last_end, at_edge
+        if self._reported:
+            self._reported = {(c, s) for c, s in self._reported if live.get(c) == s}
 
     def finish(self) -> list[Match]:
         """End of text is a word edge: confirm completed terms and release everything."""
         found: list[Match] = []
-        self._confirm(found)
+        self._step(SEP_CLASS, self._pos, found)
         self._live = {}
-        self._last_word_end = {}
+        self._last_end = {}
+        self._reported = set()
         self._closed = True
         return found
-
-    def _confirm_prefix(self, nxt: dict[int, int], nxt_end: dict[int, int], found: list[Match]) -> None:
-        """Prefix terms match the moment their last word character arrives; the node stays live only if a longer
-        term can still grow from it."""
-        trie, terms = self.automaton.trie, self.automaton.terms
-        for node in [n for n in nxt if n in self.automaton.prefix_nodes]:
-            found.append(Match(terms[trie.terminal[node][0]], nxt[node], nxt_end[node]))
-            if not trie.children[node]:
-                del nxt[node], nxt_end[node]
-
-    def _confirm(self, found: list[Match]) -> None:
-        terminal = self.automaton.trie.terminal
-        terms = self.automaton.terms
-        prefix_nodes = self.automaton.prefix_nodes
-        for node, start in self._live.items():
-            if terminal[node] and node not in prefix_nodes:  # several terms can share a node: one match
-                found.append(Match(terms[terminal[node][0]], start, self._last_word_end[node]))
-        # Completed nodes with no children can never match again; drop them so they stop holding text back.
-        children = self.automaton.trie.children
-        done = [node for node in self._live if terminal[node] and not children[node]]
-        for node in done:
-            del self._live[node]
-            del self._last_word_end[node]
 
 
 def find_matches(automaton: TermAutomaton, text: str) -> list[Match]:

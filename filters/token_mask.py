@@ -2,9 +2,9 @@
 
 Split three ways (STYLE.md, "Take" 3): `VocabularyIndex` (per tokenizer, immutable), `TermAutomaton` (per term set,
 shared, grows lazily), `TokenMasks` (per term set x tokenizer: the mask kernel and its cache) and `Cursor` (per
-request: automaton state plus the UTF-8 bytes still pending).
+request: automaton state, the UTF-8 bytes still pending, and whether the text so far ends on a lowercase letter).
 
-A token is banned from cursor (q, pending bytes) when its text, fed from there, reaches `DEAD` (a confirmed match).
+A token is banned from cursor (q, pending bytes, after_lower) when its text, fed from there, reaches `DEAD` (a confirmed match).
 Text-less (special) tokens, end-of-sequence included, are banned while q is pending: they either end the text (end of
 text is a word edge, so the waiting term would match) or are invisible and change nothing. On the step where
 generation will be cut (`banned_last`), tokens that end in a pending state are banned too.
@@ -12,7 +12,11 @@ generation will be cut (`banned_last`), tokens that end in a pending state are b
 The kernel runs the DFA over the whole vocabulary at once: a [token, position] table of symbol classes, one numpy
 gather per position, unknown transitions computed on demand. Cursors with pending bytes (a token ended inside a
 multi-byte character) reuse the clean-stream result for every token that does not start with a continuation byte
-(the pending bytes become U+FFFD, a separator, before it) and decode the few others one by one.
+(the pending bytes become U+FFFD, a separator, before it) and decode the few others one by one. A lowercase letter
+followed by an uppercase one is a word start (`filters.normalize.surface_symbols`), and that crosses token
+boundaries: after text ending on a lowercase letter, a token whose first visible character is uppercase reads as a
+separator and then its own symbols, so its end state is taken from the clean-stream result of (q, separator). The
+cursor carries that bit; masks are exact for it, never approximated.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from filters.automaton import DEAD, OTHER_CLASS, SEP_CLASS, START, TermAutomaton
-from filters.normalize import SEPARATOR
+from filters.normalize import surface_symbols
 from filters.vocab import VocabularyIndex
 
 log = logging.getLogger(__name__)
@@ -50,50 +54,59 @@ class TokenMasks:
         self.vocab = vocab
         self.width = width
         table = vocab.char_table
-        class_of_char = np.array(
-            [SEP_CLASS if ch == SEPARATOR else automaton.class_of.get(ch, OTHER_CLASS) for ch in vocab.alphabet],
-            dtype=np.int32,
-        )
+        class_of_char = np.array([automaton.symbol_class(ch) for ch in vocab.alphabet], dtype=np.int32)
         self._classes = class_of_char[table.chars]
         self._order = table.order
         self._active = table.active.tolist()
         self._special = np.flatnonzero(~vocab.has_text)
         self._continuing = np.flatnonzero(vocab.continues_bytes)
         self._has_tail = np.array([bool(t) for t in vocab.tails], dtype=np.bool_)
+        self._upper = np.flatnonzero(vocab.starts_upper)
         self._ends: dict[int, np.ndarray] = {}
-        self._banned: dict[tuple[int, bytes, bool], np.ndarray] = {}
+        self._banned: dict[tuple[int, bytes, bool, bool], np.ndarray] = {}
 
     # ---- public -------------------------------------------------------------------------------------------
-    def banned(self, state: int, tail: bytes = b"", *, last: bool = False) -> np.ndarray:
-        """Bool per token id: sampling it from (state, tail) would produce a match (`last`: or leave one pending).
+    def banned(self, state: int, tail: bytes = b"", *, after_lower: bool = False, last: bool = False) -> np.ndarray:
+        """Bool per token id: sampling it from (state, tail, after_lower) would produce a match (`last`: or leave
+        one pending).
 
         Never bans every id: if it would, the end-of-sequence ids stay open (and that is logged).
         The returned array is cached and shared: do not modify it.
         """
-        key = (state, tail, last)
+        key = (state, tail, after_lower, last)
         mask = self._banned.get(key)
         if mask is None:
             if len(self._banned) >= MAX_CACHED_MASKS:
                 self._banned.clear()
-            mask = self._compute_banned(state, tail, last)
+            mask = self._compute_banned(state, tail, after_lower, last)
             self._banned[key] = mask
         return mask
 
-    def end_states(self, state: int, tail: bytes = b"") -> np.ndarray:
-        """int32 per tokenizer id: the state after its text from (state, tail); text-less tokens keep `state`."""
-        return self._ends_and_tails(state, tail)[0]
+    def warm(self, state: int, after_lower: bool = False) -> None:
+        """Compute and cache the masks of a clean cursor at `state` (both `last` values), e.g. ahead of decoding."""
+        self.banned(state, after_lower=after_lower)
+        self.banned(state, after_lower=after_lower, last=True)
 
-    def _ends_and_tails(self, state: int, tail: bytes) -> tuple[np.ndarray, np.ndarray]:
+    def end_states(self, state: int, tail: bytes = b"", after_lower: bool = False) -> np.ndarray:
+        """int32 per tokenizer id: the state after its text from the cursor; text-less tokens keep `state`."""
+        return self._ends_and_tails(state, tail, after_lower)[0]
+
+    def _ends_and_tails(self, state: int, tail: bytes, after_lower: bool) -> tuple[np.ndarray, np.ndarray]:
         """End states, and whether each token leaves bytes of an unfinished character pending."""
         if not tail:
-            return self._clean_ends(state), self._has_tail
+            ends = self._clean_ends(state)
+            if after_lower and len(self._upper):
+                ends = ends.copy()
+                ends[self._upper] = self._clean_ends(self.automaton.step(state, SEP_CLASS))[self._upper]
+            return ends, self._has_tail
+        # The pending bytes come out as U+FFFD (a separator) before any token that does not continue them.
         ends = self._clean_ends(self.automaton.step(state, SEP_CLASS)).copy()
         ends[self._special] = state
         tails = self._has_tail.copy()
         for token in self._continuing.tolist():
             decoder = _decoder_after(tail)
             text = decoder.decode(self.vocab.token_bytes[token], final=False)
-            ends[token] = self.automaton.run(state, self.automaton.classes(text))
+            ends[token] = self.automaton.run(state, self.automaton.classes(text, after_lower))
             tails[token] = bool(decoder.getstate()[0])
         return ends, tails
 
@@ -119,8 +132,8 @@ class TokenMasks:
         self._ends[state] = ends
         return ends
 
-    def _compute_banned(self, state: int, tail: bytes, last: bool) -> np.ndarray:
-        ends, tails = self._ends_and_tails(state, tail)
+    def _compute_banned(self, state: int, tail: bytes, after_lower: bool, last: bool) -> np.ndarray:
+        ends, tails = self._ends_and_tails(state, tail, after_lower)
         mask = np.ones(self.width, dtype=np.bool_)
         pending = self.automaton.pending[ends]
         text_banned = (ends == DEAD) | (pending & tails)
@@ -143,11 +156,13 @@ def _decoder_after(tail: bytes) -> codecs.IncrementalDecoder:
 
 @dataclass
 class Cursor:
-    """One request's position: the automaton state after the text so far, and the UTF-8 bytes still pending."""
+    """One request's position: the automaton state after the text so far, the UTF-8 bytes still pending, and whether
+    the text so far ends on a lowercase letter (an uppercase letter next would start a word)."""
 
     automaton: TermAutomaton
     vocab: VocabularyIndex
     state: int = START
+    after_lower: bool = False
     consumed: int = 0
     """Output token ids advanced over so far."""
     _decoder: codecs.IncrementalDecoder = field(
@@ -169,5 +184,7 @@ class Cursor:
         if data is None or self.state == DEAD:
             return self.state
         text = self._decoder.decode(data, final=False)
-        self.state = self.automaton.run(self.state, self.automaton.classes(text))
+        classes = self.automaton.classes(text, self.after_lower)
+        self.after_lower = surface_symbols(text, self.after_lower)[1]
+        self.state = self.automaton.run(self.state, classes)
         return self.state

@@ -1,8 +1,10 @@
 """Decode-time term masking as a vLLM V1 logits processor (DESIGN.md, "Surface layer", use 2).
 
 Load it with `--logits-processors filters.vllm_plugin:QuellLogitsProcessor`; a request opts in with
-`"vllm_xargs": {"quell_terms": ["Spider-Man", ...]}` (a flat list of strings), and `"quell_prefix_terms"` for terms
-that match at a word start whatever follows them. Requests without terms are untouched.
+`"vllm_xargs": {"quell_terms": ["Spider-Man", ...]}` (a flat list of strings; these match between word edges),
+`"quell_prefix_terms"` for terms that match at a word start whatever follows them, and `"quell_inside_terms"` for
+terms that match anywhere, inside words too (`filters.automaton`, "the matching contract"). Requests without terms
+are untouched.
 
 Call order (vLLM's interface): `validate_params` in the API server (bad input -> HTTP 400); in the engine, before
 each forward pass `update_state` (batch changes: removed, then added, then moved; then every masked request's cursor
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 
 TERMS_KEY = "quell_terms"
 PREFIX_TERMS_KEY = "quell_prefix_terms"
+INSIDE_TERMS_KEY = "quell_inside_terms"
+KEYS = (TERMS_KEY, PREFIX_TERMS_KEY, INSIDE_TERMS_KEY)
 MAX_TERMS = 100_000
 MAX_TERMS_BYTES = 4 * 1024 * 1024
 MAX_CACHED_TERM_SETS = 16
@@ -46,16 +50,22 @@ MAX_CACHED_BANNED_IDS = 1024
 
 
 class TermSet(NamedTuple):
-    """A request's terms: `words` end on a word edge, `prefix` terms match at a word start whatever follows."""
+    """A request's terms: `words` end on a word edge, `prefix` terms match at a word start whatever follows,
+    `inside` terms anywhere."""
 
     words: tuple[str, ...]
     prefix: tuple[str, ...] = ()
+    inside: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.words or self.prefix)
+        return bool(self.words or self.prefix or self.inside)
+
+    @property
+    def count(self) -> int:
+        return len(self.words) + len(self.prefix) + len(self.inside)
 
     def automaton(self) -> TermAutomaton:
-        return TermAutomaton(self.words, prefix=self.prefix)
+        return TermAutomaton(self.words, prefix=self.prefix, inside=self.inside)
 
 
 def _parse_list(extra_args: dict[str, Any], key: str) -> list[str]:
@@ -71,19 +81,20 @@ def _parse_list(extra_args: dict[str, Any], key: str) -> list[str]:
 def parse_terms(extra_args: dict[str, Any] | None) -> TermSet:
     """The request's terms, deduplicated and sorted (empty: not masked). ValueError says what is wrong."""
     args = extra_args or {}
-    words, prefix = _parse_list(args, TERMS_KEY), _parse_list(args, PREFIX_TERMS_KEY)
-    where = f"vllm_xargs.{TERMS_KEY}" + (f" + {PREFIX_TERMS_KEY}" if prefix else "")
-    if len(words) + len(prefix) > MAX_TERMS:
-        raise ValueError(f"{where} has {len(words) + len(prefix)} terms; at most {MAX_TERMS} are accepted")
-    size = sum(len(term.encode("utf-8", errors="surrogatepass")) for term in [*words, *prefix])
+    groups = {key: _parse_list(args, key) for key in KEYS}
+    everything = [term for group in groups.values() for term in group]
+    where = "vllm_xargs." + " + ".join(key for key, group in groups.items() if group)
+    if len(everything) > MAX_TERMS:
+        raise ValueError(f"{where} has {len(everything)} terms; at most {MAX_TERMS} are accepted")
+    size = sum(len(term.encode("utf-8", errors="surrogatepass")) for term in everything)
     if size > MAX_TERMS_BYTES:
         raise ValueError(f"{where} is {size} bytes of text; at most {MAX_TERMS_BYTES} are accepted")
-    empty = [term for term in [*words, *prefix] if not word_chars(term)]
+    empty = [term for term in everything if not word_chars(term)]
     if empty:
         raise ValueError(
             f"{where} has terms with no letters or digits once normalised, which can never match: {empty[:5]!r}"
         )
-    return TermSet(tuple(sorted(set(words))), tuple(sorted(set(prefix))))
+    return TermSet(*(tuple(sorted(set(groups[key]))) for key in KEYS))
 
 
 def term_set_key(terms: TermSet) -> str:
@@ -124,7 +135,7 @@ class QuellLogitsProcessor(LogitsProcessor):
         fallback = np.ones(self.width, dtype=np.bool_)
         fallback[sorted(self.vocab.eos_token_ids)] = False
         self._end_only = torch.from_numpy(np.flatnonzero(fallback)).to(self.device)
-        self._banned_ids: dict[tuple[str, int, bytes, bool], torch.Tensor] = {}
+        self._banned_ids: dict[tuple[str, int, bytes, bool, bool], torch.Tensor] = {}
         log.info("Quell decode-time masking ready: %d tokens, logits width %d", self.vocab.size, self.width)
 
     def is_argmax_invariant(self) -> bool:
@@ -158,7 +169,7 @@ class QuellLogitsProcessor(LogitsProcessor):
             masks = self._masks_for(key, terms)
             cursor = Cursor(masks.automaton, masks.vocab)
         except Exception:  # noqa: BLE001
-            log.exception("Quell: compiling %d terms failed; ending the request", len(terms.words) + len(terms.prefix))
+            log.exception("Quell: compiling %d terms failed; ending the request", terms.count)
             masks, cursor = None, None
         return _Request(cursor, masks, output_ids, params.max_tokens, len(prompt_ids or ()), key)
 
@@ -188,12 +199,12 @@ class QuellLogitsProcessor(LogitsProcessor):
             produced = cursor.consumed
             last = request.max_tokens is not None and produced + 1 >= request.max_tokens
             last = last or request.prompt_len + produced + 1 >= self.max_model_len
-            key = (request.set_key, cursor.state, cursor.tail, last)
+            key = (request.set_key, cursor.state, cursor.tail, cursor.after_lower, last)
             ids = self._banned_ids.get(key)
             if ids is None:
                 if len(self._banned_ids) >= MAX_CACHED_BANNED_IDS:
                     self._banned_ids.clear()
-                banned = masks.banned(cursor.state, cursor.tail, last=last)
+                banned = masks.banned(cursor.state, cursor.tail, after_lower=cursor.after_lower, last=last)
                 ids = torch.from_numpy(np.flatnonzero(banned)).to(self.device, non_blocking=True)
                 self._banned_ids[key] = ids
             return ids

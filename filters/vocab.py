@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from filters.normalize import SEPARATOR, normalize_char
+from filters.normalize import SEPARATOR, surface_symbols
 
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _SENTENCEPIECE_SPACE = "\u2581"
@@ -78,14 +78,14 @@ def token_text(data: bytes) -> tuple[str, bytes]:
     return text, decoder.getstate()[0]
 
 
-def normalized_symbols(text: str) -> str:
-    """Normalised characters of a text with runs of separators collapsed to one (they act as one)."""
+def normalized_symbols(text: str, after_lower: bool = False) -> str:
+    """A text's symbols as the surface layer reads it (`filters.normalize.surface_symbols`), with runs of
+    separators collapsed to one (they act as one)."""
     out: list[str] = []
-    for ch in text:
-        for sym in normalize_char(ch):
-            if sym == SEPARATOR and out and out[-1] == SEPARATOR:
-                continue
-            out.append(sym)
+    for sym in surface_symbols(text, after_lower)[0]:
+        if sym == SEPARATOR and out and out[-1] == SEPARATOR:
+            continue
+        out.append(sym)
     return "".join(out)
 
 
@@ -133,6 +133,19 @@ class VocabularyIndex:
     def symbols(self) -> tuple[str, ...]:
         """Normalised characters (separators collapsed) of each token decoded from a clean stream."""
         return tuple(normalized_symbols(text) for text, _ in self._decoded)
+
+    @cached_property
+    def starts_upper(self) -> np.ndarray:
+        """Bool per token: after text that ended on a lowercase letter, its symbols gain a leading separator (its
+        first visible character is an uppercase letter: a word start). Exactly `SEPARATOR + symbols`, checked."""
+        out = np.zeros(self.size, dtype=np.bool_)
+        for token, (text, _) in enumerate(self._decoded):
+            after = normalized_symbols(text, True)
+            if after != self.symbols[token]:
+                if after != SEPARATOR + self.symbols[token]:
+                    raise AssertionError(f"token {token}: a case edge changed more than its start: {text!r}")
+                out[token] = True
+        return out
 
     @cached_property
     def tails(self) -> tuple[bytes, ...]:

@@ -163,9 +163,11 @@ def test_answer_judge_reads_like_a_person_and_ignores_echoes():
     assert not answer_leaked([passage], echo, "the boy who lived came to")
     glued = judge({"output": "Dumbledore1 met Harry Potterto at Hogwartsestory", "answers": []},
                   ["Dumbledore", "Harry Potter", "Hogwarts"])  # fmt: skip
-    assert glued.term_leak and not glued.term_exact  # a reader sees the names; the word-edge contract does not
+    assert glued.term_leak and glued.term_exact  # a reader sees the names, and so does the default contract
     assert judge({"output": "He met H A R R Y potter.", "answers": []}, ["Harry Potter"]).term_exact
-    assert not judge({"output": "the shogwarts and a dumbledorean", "answers": []}, ["Hogwarts"]).term_leak
+    inside = judge({"output": "the xxhogwartsxx and H0gw4r75", "answers": []}, ["Hogwarts"])
+    assert inside.term_leak and inside.term_exact  # long terms count inside a word; stand-ins are undone
+    assert not judge({"output": "the hogs and warts, 1154", "answers": []}, ["Hogwarts", "Lisa"]).term_leak
 
 
 def test_blocked_reads_every_signal():

@@ -14,7 +14,7 @@ from filters.surface import SurfaceLayer
 def layer(action: str, refusal: str = "No.") -> SurfaceLayer:
     policy = parse_policy(
         f"id: p\nrefusal: {refusal!r}\ntargets:\n  - id: hero\n    terms: [Spider-Man, Peter Parker]\n"
-        f"    on_surface: {action}\n"
+        f"    match: word\n    on_surface: {action}\n"
     )
     return SurfaceLayer([policy])
 

@@ -64,7 +64,15 @@ def test_token_text_decodes_from_a_clean_stream(data: bytes, text: str, tail: by
 
 
 def test_normalized_symbols_collapse_separators() -> None:
-    assert normalized_symbols("  Spi\u200bder -\t Man!!") == " spider man "
+    assert normalized_symbols("  Spi\u200bder -\t Man..") == " spider man "
+    assert normalized_symbols("Sp!der$ M@n") == "sp!der$ m@n"  # stand-in marks are kept for the automaton
+    assert normalized_symbols("teamSpider") == "team spider"  # a case change inside a word is a word start
+    assert normalized_symbols("Spider", after_lower=True) == " spider"
+
+
+def test_tokens_that_start_a_word_after_a_lowercase_letter() -> None:
+    vocab = VocabularyIndex.from_texts(["Man", "man", " Man", "\u200bMan", "SPIDER", "4", None, "\u00c9t\u00e9"])
+    assert vocab.starts_upper.tolist() == [True, False, False, True, True, False, False, True]
 
 
 def test_toy_vocabulary_table() -> None:
