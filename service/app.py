@@ -22,7 +22,8 @@ from service.policy_registry import PolicyRegistry, PolicySnapshot
 from service.policy_registry import watch as watch_policies
 from service.semantic_runtime import SemanticRuntime, make_embedder
 from service.settings import DecodeMask, Settings
-from service.vllm_process import ManagedVLLM
+from service.stream_end import Drain, StreamEnds
+from service.vllm_supervisor import VLLMSupervisor
 
 log = logging.getLogger("quell")
 
@@ -38,11 +39,12 @@ class Gateway:
     metrics: Metrics
     audit: AuditLog
     semantic: SemanticRuntime
-    managed: ManagedVLLM | None = None
+    managed: VLLMSupervisor | None = None
     decode_mask: bool = False
     connected: bool = False
     """True once the backend answered and its capability is known; requests get 503 until then."""
     backend_error: str | None = None
+    """Why the backend cannot be used now (for /readyz and the 503s); None when it can."""
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     def report(self, decisions: list[Decision], text: str, request_id: str, tenant: str) -> None:
@@ -79,25 +81,37 @@ class Gateway:
     async def connect_backend(self) -> None:
         """Wait for the backend (starting the managed one), then find out whether it has the decode-time plugin."""
         s = self.settings
+        if self.managed is not None:
+            await self.managed.run()  # starts, proves, watches and restarts it; calls managed_up / managed_down
+            return
         try:
-            if self.managed is not None:
-                await self.managed.wait_ready(s.vllm_start_timeout_s)
-                self.decode_mask = s.decode_mask is not DecodeMask.OFF  # we started it with the plugin
-            else:
-                while not await self.backend.ready():
-                    await asyncio.sleep(1.0)
-                if s.decode_mask is not DecodeMask.OFF:
-                    model = (await self.backend.models())[0]
-                    self.decode_mask = await self.backend.has_decode_mask(model)
-                    if s.decode_mask is DecodeMask.ON and not self.decode_mask:
-                        self.backend_error = "QUELL_DECODE_MASK=on but the backend has no Quell logits processor"
-                        log.error(self.backend_error)
-                        return
+            while not await self.backend.ready():
+                await asyncio.sleep(1.0)
+            if s.decode_mask is not DecodeMask.OFF:
+                model = (await self.backend.models())[0]
+                self.decode_mask = await self.backend.has_decode_mask(model)
+                if s.decode_mask is DecodeMask.ON and not self.decode_mask:
+                    self.backend_error = "QUELL_DECODE_MASK=on but the backend has no Quell logits processor"
+                    log.error(self.backend_error)
+                    return
             self.connected = True
             log.info("backend ready at %s; surface layer: %s", self.backend.base_url, self.capability)
         except Exception as exc:  # startup failure is reported on /readyz, the process stays up to say so
             self.backend_error = str(exc)
             log.error("backend failed to start: %s", exc)
+
+    async def managed_up(self, url: str, key: str | None) -> None:
+        """The managed vLLM answers as ours at `url`: send every request there, with its key."""
+        self.backend.retarget(url, key)
+        self.decode_mask = self.settings.decode_mask is not DecodeMask.OFF  # we started it with the plugin
+        self.backend_error = None
+        self.connected = True
+        log.info("backend ready at %s; surface layer: %s", self.backend.base_url, self.capability)
+
+    def managed_down(self, reason: str) -> None:
+        """The managed vLLM is starting, dead or not ours: requests get a 503 with `reason` until `managed_up`."""
+        self.connected = False
+        self.backend_error = reason
 
 
 _FROM_SETTINGS: object = object()
@@ -128,17 +142,16 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         audit = AuditLog(settings.audit_url, queue_size=settings.audit_queue_size, metrics=metrics)
         await audit.start()
         log.info("policies: %s", ", ".join(lp.policy.ref for lp in snapshot.policies.values()) or "none")
-        managed = None
+        managed = backend is None and not settings.backend_url
         upstream = backend
-        if upstream is None and settings.backend_url:
-            upstream = Backend(settings.backend_url, settings.backend_api_key, settings.backend_timeout_s)
-        elif upstream is None:
-            managed = ManagedVLLM(settings)
-            managed.start()
-            upstream = Backend(managed.url, settings.backend_api_key, settings.backend_timeout_s)
+        if upstream is None:  # the managed vLLM's address and key are set when a start answers as ours
+            url = settings.backend_url or "http://127.0.0.1"
+            upstream = Backend(url, settings.backend_api_key if not managed else None, settings.backend_timeout_s)
         chosen = make_embedder(settings) if embedder is _FROM_SETTINGS else embedder
         semantic = SemanticRuntime(chosen, settings.semantic_layers)  # type: ignore[arg-type]
-        gateway = Gateway(settings, registry, upstream, keys, metrics, audit, semantic, managed)
+        gateway = Gateway(settings, registry, upstream, keys, metrics, audit, semantic)
+        if managed:
+            gateway.managed = VLLMSupervisor(settings, metrics, gateway.managed_up, gateway.managed_down)
         gateway.warm_semantic(snapshot)
         app.state.gateway = gateway
         gateway._tasks.append(asyncio.create_task(gateway.connect_backend()))
@@ -152,10 +165,12 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
                 task.cancel()
             await upstream.aclose()
             await audit.aclose()
-            if managed is not None:
-                await asyncio.to_thread(managed.stop)
+            if gateway.managed is not None:
+                await asyncio.to_thread(gateway.managed.stop)
 
     app = FastAPI(title="Quell", version="0.1.0", lifespan=lifespan)
+    app.state.drain = Drain(settings.shutdown_grace_s)  # begun by the server on SIGTERM (service.cli)
+    app.add_middleware(StreamEnds, drain=app.state.drain, metrics=metrics)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes, max_concurrent=settings.max_concurrent,
                        max_concurrent_per_key=settings.max_concurrent_per_key)  # fmt: skip

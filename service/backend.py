@@ -1,4 +1,5 @@
-"""The OpenAI-compatible backend (vLLM) as seen from the gateway: one pooled async HTTP client."""
+"""The OpenAI-compatible backend (vLLM) as seen from the gateway: one pooled async HTTP client, which sends the
+backend's key (the managed vLLM's per-start secret, or QUELL_BACKEND_API_KEY) on every request."""
 
 from __future__ import annotations
 
@@ -34,6 +35,16 @@ class Backend:
         self._models: list[str] = []
         self._models_at = 0.0
 
+    def retarget(self, base_url: str, api_key: str | None) -> None:
+        """Point at another server (the managed vLLM after a restart: new port, new key). Requests in flight to the
+        old one fail on their own; cached model names are dropped."""
+        self.base_url = base_url.rstrip("/")
+        self.client.base_url = httpx.URL(self.base_url)
+        self.client.headers.pop("Authorization", None)
+        if api_key:
+            self.client.headers["Authorization"] = f"Bearer {api_key}"
+        self._models, self._models_at = [], 0.0
+
     async def aclose(self) -> None:
         await self.client.aclose()
 
@@ -67,7 +78,7 @@ class Backend:
         try:
             async with self.client.stream("POST", path, json=body) as resp:
                 yield resp
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+        except httpx.TransportError as exc:  # failing to open; failures while reading end in service.stream_end
             raise backend_unavailable(_describe(exc)) from None
 
     async def has_decode_mask(self, model: str) -> bool:
@@ -79,7 +90,7 @@ class Backend:
     async def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
         try:
             return await self.client.request(method, path, **kwargs)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadTimeout) as exc:
+        except httpx.TransportError as exc:  # refused, reset, cut mid-body, timed out: never a 500
             raise backend_unavailable(_describe(exc)) from None
 
 

@@ -45,6 +45,7 @@ def serve(
 
     from service.app import create_app
     from service.auth import KeyRing, exposure_problem
+    from service.stream_end import DrainingServer
     try:
         problem = exposure_problem(settings.host, KeyRing.load(settings.keys_file, settings.api_keys))
     except ValueError as exc:
@@ -54,11 +55,15 @@ def serve(
         raise typer.Exit(2)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per backend call is noise
-    backend = settings.backend_url or f"managed vLLM on 127.0.0.1:{settings.vllm_port} (starting, ~30 s)"
+    where = f"127.0.0.1:{settings.vllm_port}" if settings.vllm_port else "a free loopback port"
+    backend = settings.backend_url or f"managed vLLM on {where} (starting, ~30 s)"
     err_console.print(f"[bold]Quell[/] listening on http://{settings.host}:{settings.port}  backend: {backend}")
     err_console.print(f"  OpenAI base URL: http://{settings.host}:{settings.port}/v1   ready when /readyz says so")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=10)  # fmt: skip
+    app = create_app(settings)
+    # The drain ends what is still open at QUELL_SHUTDOWN_GRACE_S; uvicorn's own cut stays as a backstop behind it.
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5)  # fmt: skip
+    DrainingServer(config, app.state.drain).run()
 
 
 def _keep_temp_files_in(cache: Path) -> None:

@@ -217,13 +217,16 @@ class ManagedVLLM:
             await asyncio.sleep(0.05)
         return proc.returncode
 
-    def kill_leftovers(self) -> list[int]:
-        """After the server exited on its own: SIGKILL whatever of its group is still running (its engine core)."""
+    async def reap_group(self, grace_s: float = 10.0) -> list[int]:
+        """After the server exited on its own: its engine processes stop by themselves (they die with the server);
+        whatever of its group still runs after `grace_s` is killed. Returns the PIDs that had to be killed."""
         if self.process is None:
             return []
-        left = live_group_members(self.process.pid)
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while (left := live_group_members(self.process.pid)) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.2)
         if left:
-            log.warning("managed vLLM left processes %s behind; killing them", left)
+            log.warning("managed vLLM left processes %s running %.0f s after it exited; killing them", left, grace_s)
             _signal_group(self.process.pid, signal.SIGKILL)
         return left
 
