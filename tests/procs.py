@@ -1,8 +1,16 @@
-"""Start and stop real gateway processes for tests (`quell serve`, the same command `make serve` runs)."""
+"""Start and stop real gateway processes for tests (`quell serve`, the same command `make serve` runs).
+
+Every gateway started here dies with the test process, however that ends (SIGKILL included): it runs in its own
+session with PR_SET_PDEATHSIG, and a gateway that gets SIGTERM stops its managed vLLM. Gateways share one backend key
+per test run (`BACKEND_KEY`), so that a test can point a second gateway at the session's managed vLLM (whose key
+would otherwise be a secret of its gateway); tests of the per-start random key pass `shared_backend_key=False`.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -14,6 +22,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 QUELL = str(Path(sys.executable).parent / "quell")
+BACKEND_KEY = f"quell-tests-{secrets.token_urlsafe(16)}"
+"""The managed vLLM's key in test gateways, and the key test gateways send to a `QUELL_BACKEND_URL`."""
 
 
 def free_port() -> int:
@@ -22,10 +32,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_gateway(log_path: Path, *args: str, env: dict[str, str] | None = None,
-                  private_tmp: Path | None = None) -> subprocess.Popen:  # fmt: skip
+def _own_session_dying_with(parent: int) -> None:  # in the child, between fork and exec
+    from service.vllm_main import die_with_parent
+
+    os.setsid()
+    die_with_parent(signal.SIGTERM, parent)
+
+
+def start_gateway(log_path: Path, *args: str, env: dict[str, str] | None = None, private_tmp: Path | None = None,
+                  shared_backend_key: bool = True) -> subprocess.Popen:  # fmt: skip
     """`quell serve ARGS`; with `private_tmp`, in a mount namespace where /tmp is that folder (needs root)."""
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    shared = {"QUELL_VLLM_API_KEY": BACKEND_KEY, "QUELL_BACKEND_API_KEY": BACKEND_KEY} if shared_backend_key else {}
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **shared, **(env or {})}
     command = [QUELL, "serve", *args]
     if private_tmp is not None:
         # As from a user's shell: torch writes its own cache location into os.environ of the test process once it
@@ -36,7 +54,7 @@ def start_gateway(log_path: Path, *args: str, env: dict[str, str] | None = None,
                    *command]  # fmt: skip
     log = log_path.open("wb")
     proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+                            preexec_fn=functools.partial(_own_session_dying_with, os.getpid()))  # fmt: skip
     log.close()
     return proc
 
@@ -68,6 +86,46 @@ def vllm_pids(port: int) -> list[int]:
         if b"service.vllm_main" in cmd and str(port).encode() in cmd:
             pids.append(int(entry.name))
     return pids
+
+
+def descendants(pid: int) -> set[int]:
+    """Every running process below `pid` (children, grandchildren...), found by parent links in /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pids: set[int] | list[int]) -> set[int]:
+    """Those of `pids` still running (not zombies)."""
+    out = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            out.add(pid)
+    return out
+
+
+def wait_gone(pids: set[int] | list[int], timeout_s: float = 60) -> set[int]:
+    """Poll until none of `pids` runs or the deadline passes; returns the survivors."""
+    deadline = time.monotonic() + timeout_s
+    while (left := alive(pids)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
 
 
 def processes_in_group(pgid: int) -> list[int]:

@@ -4,7 +4,8 @@
         --neighbors ../shared/eval-data/hp_neighbor_probes.jsonl --out eval-out/hp --limit 40
 
 Writes OUT/results.jsonl (one line per answer, appended as they arrive), OUT/summary.json and OUT/report.html.
-Ctrl-C stops cleanly (every gateway and vLLM it started is stopped); `--resume` carries on where it stopped.
+Ctrl-C or SIGTERM stops cleanly (every gateway and vLLM it started is stopped; so does its death by SIGKILL);
+`--resume` carries on where it stopped. With `--backend-url`, the backend's key comes from QUELL_BACKEND_API_KEY.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
+import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,16 +89,20 @@ def eval_command(
     err.print(f"{len(selected)} prompts x {len(tfs)} transform(s) x {len(run_configs)} columns: "
               f"{len(jobs)} requests to run ({len(done)} done before)", highlight=False)  # fmt: skip
     if jobs:
+        key = Settings().backend_api_key if backend_url else None  # QUELL_BACKEND_API_KEY, as for the gateway
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops every gateway and vLLM, as Ctrl-C does
         try:
-            with running(run_configs, policy, out / "work", backend_url) as live:
+            with running(run_configs, policy, out / "work", backend_url, key) as live:
                 urls = {c.name: live.backend if c.via == "backend" else live.gateways[c.name] for c in run_configs}
                 asyncio.run(run_jobs(jobs, urls, pol, results, model=model, max_tokens=max_tokens,
-                                     concurrency=concurrency))  # fmt: skip
+                                     concurrency=concurrency, backend_key=live.backend_key))  # fmt: skip
         except KeyboardInterrupt:
             err.print(f"[yellow]interrupted[/]: answers so far are in {results}; rerun with --resume to go on")
             raise typer.Exit(130) from None
         except (RuntimeError, TimeoutError) as exc:
             raise _fail(str(exc)) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     from service.eval.report import render
     from service.eval.summary import judged_rows, latest, summarise
@@ -140,6 +146,10 @@ def eval_command(
     (out / "report.html").write_text(render(summary), encoding="utf-8")
     _print_headline(summary)
     err.print(f"wrote {out / 'report.html'}, {out / 'summary.json'}, {results}", highlight=False)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _git_state() -> str:

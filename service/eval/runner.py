@@ -63,10 +63,14 @@ def _error_code(resp: httpx.Response) -> str | None:
     return error.get("code") if isinstance(error, dict) else None
 
 
-async def _one(client: httpx.AsyncClient, job: Job, url: str, policy: Policy, model: str, max_tokens: int) -> dict:
+async def _one(client: httpx.AsyncClient, job: Job, url: str, policy: Policy, model: str, max_tokens: int,
+               backend_key: str | None = None) -> dict:  # fmt: skip
     message = job.probe.user_message(job.transform.apply(job.probe.prompt, policy_terms(policy)))
     body = job.config.body(message, policy, model, max_tokens)
-    headers = {POLICY_HEADER: policy.id} if job.config.via == "gateway" else {}
+    if job.config.via == "gateway":
+        headers = {POLICY_HEADER: policy.id}
+    else:  # straight to vLLM, which requires its key
+        headers = {"Authorization": f"Bearer {backend_key}"} if backend_key else {}
     row = {"key": job.key, "probe_id": job.probe.id, "group": job.probe.group, "role": job.probe.role,
            "probe_type": job.probe.probe_type, "lang": job.probe.lang, "target": job.probe.target,
            "transform": job.transform.name, "config": job.config.name, "prompt": message,
@@ -88,7 +92,8 @@ async def _one(client: httpx.AsyncClient, job: Job, url: str, policy: Policy, mo
 
 
 async def run_jobs(jobs: Sequence[Job], urls: dict[str, str], policy: Policy, results: Path, *, model: str,
-                   max_tokens: int, concurrency: int, timeout_s: float = 600.0) -> int:  # fmt: skip
+                   max_tokens: int, concurrency: int, timeout_s: float = 600.0,
+                   backend_key: str | None = None) -> int:  # fmt: skip
     """Run `jobs` (config name -> base URL in `urls`), append each answer to `results`; returns answers written."""
     queue: asyncio.Queue[Job] = asyncio.Queue()
     for job in jobs:
@@ -107,7 +112,7 @@ async def run_jobs(jobs: Sequence[Job], urls: dict[str, str], policy: Policy, re
                         job = queue.get_nowait()
                     except asyncio.QueueEmpty:
                         return
-                    row = await _one(client, job, urls[job.config.name], policy, model, max_tokens)
+                    row = await _one(client, job, urls[job.config.name], policy, model, max_tokens, backend_key)
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
                     out.flush()
                     written += 1
