@@ -49,10 +49,11 @@ def decode_rows(ep: Endpoints, tokens: int, terms: int) -> list[Row]:
 
     words = TARGETS + synthetic_terms(terms - len(TARGETS), seed=terms)
     prompts = PROMPTS[:4]
-    throughput(ep.backend, prompts[:1], 8, None)  # warm-up
-    base = throughput(ep.backend, prompts, tokens, None)
-    cold = throughput(ep.backend, prompts, tokens, words + ["Zzbenchcold"])
-    warm = throughput(ep.backend, prompts, tokens, words + ["Zzbenchcold"])
+    key = ep.backend_headers
+    throughput(ep.backend, prompts[:1], 8, None, key)  # warm-up
+    base = throughput(ep.backend, prompts, tokens, None, key)
+    cold = throughput(ep.backend, prompts, tokens, words + ["Zzbenchcold"], key)
+    warm = throughput(ep.backend, prompts, tokens, words + ["Zzbenchcold"], key)
     note = f"{len(prompts)} concurrent, {tokens} tokens, one repeat (shared host: see bench.decode_mask)"
     return [(f"decode throughput, {terms} terms, cold", f"{cold:.1f} tok/s", f"{base:.1f} tok/s no terms",
              _ratio(cold, base), note),

@@ -47,20 +47,21 @@ def vllm_server(port: int) -> Iterator[str]:
         managed.stop()
 
 
-def complete(url: str, prompt: str, tokens: int, terms: list[str] | None) -> int:
+def complete(url: str, prompt: str, tokens: int, terms: list[str] | None, headers: dict | None = None) -> int:
     body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
             "min_tokens": tokens, "ignore_eos": True, "temperature": 0}  # fmt: skip
     if terms:
         body["vllm_xargs"] = {"quell_terms": terms}
-    response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600)
+    response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600, headers=headers)
     response.raise_for_status()
     return response.json()["usage"]["completion_tokens"]
 
 
-def throughput(url: str, prompts: list[str], tokens: int, terms: list[str] | None) -> float:
+def throughput(url: str, prompts: list[str], tokens: int, terms: list[str] | None,
+               headers: dict | None = None) -> float:  # fmt: skip
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
-        produced = sum(pool.map(lambda p: complete(url, p, tokens, terms), prompts))
+        produced = sum(pool.map(lambda p: complete(url, p, tokens, terms, headers), prompts))
     return produced / (time.perf_counter() - t0)
 
 

@@ -47,7 +47,7 @@ def one_ttfb(client: httpx.Client, base: str, prompt: str) -> float:
 
 def measure(ep: Endpoints, requests: int) -> dict[str, list[float]]:
     """Seconds per request, direct vs gateway, JSON and streaming time to first content (interleaved)."""
-    with httpx.Client(timeout=120) as client:
+    with httpx.Client(timeout=120, headers=ep.backend_headers) as client:  # (an open gateway ignores the key)
         for p in PROMPTS[:2]:  # warm-up, not counted
             one_json(client, ep.backend, p), one_json(client, ep.gateway, p)
         res: dict[str, list[float]] = {"json_direct": [], "json_gateway": [], "ttfb_direct": [], "ttfb_gateway": []}

@@ -4,6 +4,7 @@ summary's counting rules, and one short end-to-end run against the session's vLL
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from service.eval.probes import ProbeFileError, read_probes, stratified
 from service.eval.stats import Rate, wilson_interval
 from service.eval.summary import summarise
 from service.eval.transforms import TRANSFORMS, by_names
-from tests.procs import ROOT
+from tests.procs import BACKEND_KEY, ROOT
 
 DATA = ROOT.parent / "shared" / "eval-data"
 POLICY = ROOT / "policies" / "examples" / "harry-potter.yaml"
@@ -224,7 +225,8 @@ def test_quell_eval_end_to_end_and_resume(gateway, tmp_path):
                "--probes", str(probes), "--neighbors", str(neighbours), "--out", str(out), "--limit", "3",
                "--configs", "none,decode_mask,surface", "--max-tokens", "24",
                "--backend-url", f"http://127.0.0.1:{gateway.vllm_port}"]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    env = {**os.environ, "QUELL_BACKEND_API_KEY": BACKEND_KEY}  # the session's vLLM requires its key
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert {"results.jsonl", "summary.json", "report.html"} <= {p.name for p in out.iterdir()}
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -244,10 +246,10 @@ def test_quell_eval_end_to_end_and_resume(gateway, tmp_path):
     report = (out / "report.html").read_text()
     assert "data:image/png;base64," in report and "harry-potter@" in report
 
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False, env=env)
     assert again.returncode == 2 and "--resume" in again.stderr
     resumed = subprocess.run([*command, "--resume", "--no-semantic-scores"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=600, check=False)  # fmt: skip
+                             text=True, timeout=600, check=False, env=env)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "0 requests to run (18 done before)" in resumed.stderr
     assert len((out / "results.jsonl").read_text().splitlines()) == 18
