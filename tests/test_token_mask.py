@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from filters.automaton import DEAD, START, TermAutomaton
+from filters.automaton import DEAD, START, MatchMode, TermAutomaton
 from filters.text_matcher import StreamMatcher, find_matches
 from filters.token_mask import Cursor, TokenMasks
 from filters.vocab import VocabularyIndex
+from service.eval.judge import term_read
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / ".cache" / "models" / "SmolLM2-135M-Instruct"
 TERMS = ["Spider-Man", "Pokémon", "Harry Potter", "Batman"]
@@ -45,7 +46,7 @@ def reference_end(masks: TokenMasks, cursor: Cursor, token: int) -> int:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     decoder.decode(cursor.tail, final=False)
     automaton = masks.automaton
-    return automaton.run(cursor.state, automaton.classes(decoder.decode(data, final=False)))
+    return automaton.run(cursor.state, automaton.classes(decoder.decode(data, final=False), cursor.after_lower))
 
 
 def ids(*texts: str | bytes) -> list[int]:
@@ -143,26 +144,35 @@ def test_toy_masks_equal_reference_on_random_prefixes(seed: int) -> None:
         cursor = cursor_after(masks, [rng.randrange(1, len(TOY)) for _ in range(rng.randint(0, 5))])
         if cursor.matched:
             continue
-        ends = masks.end_states(cursor.state, cursor.tail)
+        ends = masks.end_states(cursor.state, cursor.tail, cursor.after_lower)
         for token in range(len(TOY)):
             assert ends[token] == reference_end(masks, cursor, token)
 
 
 # ---- the real tokenizer -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def real():
+def real_vocab():
     transformers = pytest.importorskip("transformers")
     if not (MODEL_DIR / "tokenizer.json").exists():
         pytest.skip(f"model not prepared at {MODEL_DIR} (run `make setup`)")
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(MODEL_DIR))
-    return tokenizer, TokenMasks(TermAutomaton(TERMS), VocabularyIndex.from_hf_tokenizer(tokenizer))
+    return tokenizer, VocabularyIndex.from_hf_tokenizer(tokenizer)
 
 
-PREFIXES = ["", "Spider", "Spider-", "Spider-Man", "spider m", "Pok", "Poké", "Harry Pot", "BAT", "the ", "🕷", "x Pokémon"]
+@pytest.fixture(scope="module", params=["word", "reader"])
+def real(request, real_vocab):
+    """The real tokenizer under the strict word-edge contract and under the default reader contract."""
+    tokenizer, vocab = real_vocab
+    automaton = TermAutomaton(TERMS) if request.param == "word" else TermAutomaton.reader(TERMS)
+    return tokenizer, TokenMasks(automaton, vocab)
 
 
-def _fragment_ids(tokenizer, rng: random.Random) -> list[int]:
-    text = rng.choice(PREFIXES)
+PREFIXES = ["", "Spider", "Spider-", "Spider-Man", "spider m", "Pok", "Poké", "Harry Pot", "BAT", "the ", "🕷", "x Pokémon",
+            "team", "xX", "Sp1", "H4rry P0", "#Team", "b@", "teamBat"]  # fmt: skip
+
+
+def _fragment_ids(tokenizer, rng: random.Random, text: str | None = None) -> list[int]:
+    text = rng.choice(PREFIXES) if text is None else text
     tokens = tokenizer.encode(text, add_special_tokens=False)
     if "🕷" in text or "é" in text:
         tokens = tokens[: rng.randint(1, len(tokens))]  # may stop inside a multi-byte character
@@ -175,15 +185,16 @@ def test_real_masks_equal_reference(real) -> None:
     rng = random.Random(3)
     continuing = np.flatnonzero(vocab.continues_bytes).tolist()
     seen_tail = False
-    for _ in range(25):
-        cursor = cursor_after(masks, _fragment_ids(tokenizer, rng))
+    for text in PREFIXES * 2:
+        cursor = cursor_after(masks, _fragment_ids(tokenizer, rng, text))
         if cursor.matched:
             continue
         seen_tail |= bool(cursor.tail)
-        ends = masks.end_states(cursor.state, cursor.tail)
-        mask = masks.banned(cursor.state, cursor.tail)
-        last = masks.banned(cursor.state, cursor.tail, last=True)
-        for token in rng.sample(range(vocab.size), 300) + continuing[:40] + [tokenizer.eos_token_id]:
+        ends = masks.end_states(cursor.state, cursor.tail, cursor.after_lower)
+        mask = masks.banned(cursor.state, cursor.tail, after_lower=cursor.after_lower)
+        last = masks.banned(cursor.state, cursor.tail, after_lower=cursor.after_lower, last=True)
+        upper = np.flatnonzero(vocab.starts_upper).tolist()
+        for token in rng.sample(range(vocab.size), 300) + continuing[:40] + rng.sample(upper, 40) + [tokenizer.eos_token_id]:
             end = reference_end(masks, cursor, token)
             assert ends[token] == end
             if vocab.token_bytes[token] is None:
@@ -203,14 +214,16 @@ def test_real_sampling_under_masks_never_produces_a_match(real) -> None:
     vocab = masks.vocab
     automaton = masks.automaton
     rng = random.Random(11)
-    lures = sorted({t for term in TERMS for v in (term, " " + term, term.upper(), term.lower() + ".", "🕷🌀", "\u200b")
-                    for t in tokenizer.encode(v, add_special_tokens=False)})
+    variants = ("{}", " {}", "{}.", "team{}", "xX{}Xx", "#Team{}", "🕷🌀", "\u200b")
+    leet = str.maketrans("aeiost", "4310$7")
+    lures = sorted({t for term in TERMS for v in variants for w in (term, term.upper(), term.translate(leet))
+                    for t in tokenizer.encode(v.format(w), add_special_tokens=False)})
     for _ in range(30):
         cursor = Cursor(automaton, vocab)
         out: list[int] = []
         length = rng.randint(1, 25)
         for step in range(length):
-            mask = masks.banned(cursor.state, cursor.tail, last=step == length - 1)
+            mask = masks.banned(cursor.state, cursor.tail, after_lower=cursor.after_lower, last=step == length - 1)
             candidates = [t for t in lures if not mask[t]] if rng.random() < 0.8 else []
             if not candidates:
                 candidates = [t for t in rng.sample(range(vocab.size), 50) if not mask[t]]
@@ -222,6 +235,8 @@ def test_real_sampling_under_masks_never_produces_a_match(real) -> None:
             assert not cursor.matched
         text = tokenizer.decode(out, skip_special_tokens=True)
         assert find_matches(automaton, text) == [], text
+        if automaton.modes and automaton.modes[0] is not MatchMode.WORD:
+            assert not term_read(TERMS, text), text  # the eval's reader judge, written apart from the automaton
 
 
 def test_real_unmasked_walks_do_match(real) -> None:
