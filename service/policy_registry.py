@@ -34,7 +34,7 @@ class PolicySnapshot:
     policies: dict[str, LoadedPolicy]
     errors: dict[Path, tuple[PolicyIssue, ...]] = field(default_factory=dict)
     missing: dict[str, float] = field(default_factory=dict)
-    """Policies whose file is gone but which stay live until the removal grace ends: id -> monotonic deadline."""
+    """Policies no longer found in the folder that stay live until the removal grace ends: id -> monotonic deadline."""
 
     def default_ids(self) -> list[str]:
         return [pid for pid, lp in self.policies.items() if lp.policy.default]
@@ -69,9 +69,10 @@ class PolicyRegistry:
     """Live policies of one directory.
 
     A policy that was live stays live until an operator removes it on purpose: a file that fails validation keeps
-    its last good version, and a file that disappears keeps it for `removal_grace_s` (an editor's save renames the
-    old file away and writes the new one a moment later; a ConfigMap swap does the same). Only a file that stays
-    gone past the grace, or `remove()` (the admin DELETE), takes a policy out.
+    its last good version, and a policy that disappears from the folder stays for `removal_grace_s` (an editor's save
+    renames the old file away and writes the new one a moment later; a ConfigMap swap does the same; a reload can
+    list the folder in between). Only a policy that stays gone past the grace, or `remove()` (the admin DELETE),
+    leaves; so does the old id of a file whose id was edited, after the grace.
     """
 
     def __init__(self, directory: Path, on_reload: Callable[[PolicySnapshot], None] | None = None,
@@ -106,13 +107,15 @@ class PolicyRegistry:
                     continue
                 if prev.file in broken_files:
                     policies[pid] = prev  # the file is broken now: keep serving what it said before
-                elif not prev.file.exists():
-                    deadline = self._missing_since.setdefault(pid, clock) + self.removal_grace_s
-                    if clock < deadline:
-                        policies[pid] = prev  # gone for a moment (an editor's save, a ConfigMap swap): keep it
-                        missing[pid] = deadline
-                        log.warning("policy file %s is gone; %s stays live for %.1f s unless it comes back",
-                                    prev.file, prev.policy.ref, deadline - clock)  # fmt: skip
+                    continue
+                # Gone from this pass, whatever the reason (file deleted or renamed away, listed while it was being
+                # replaced, its id edited): an editor's save or a ConfigMap swap looks like this for a moment.
+                deadline = self._missing_since.setdefault(pid, clock) + self.removal_grace_s
+                if clock < deadline:
+                    policies[pid] = prev
+                    missing[pid] = deadline
+                    log.warning("policy %s is no longer in %s; it stays live for %.1f s unless it comes back",
+                                prev.policy.ref, prev.file, deadline - clock)  # fmt: skip
             self._missing_since = {pid: since for pid, since in self._missing_since.items() if pid in missing}
             for issues in result.errors.values():
                 for issue in issues:

@@ -2,7 +2,8 @@
 
 Starts the managed vLLM (CPU build, the packaged model) on a free port, sends each request below exactly as the
 gateway forwards it in text-only mode (no `vllm_xargs`: the recorded model text still holds the terms, which is
-what the gateway's own layers must then catch), and writes `recordings/NAME.json`. Greedy decoding, so a rerun on
+what the gateway's own layers must then catch), and writes `recordings/NAME.json`. The server parses tool calls
+(hermes) so that tool-call arguments can be recorded too. Greedy decoding, so a rerun on
 the same vLLM and model gives the same text; rerun it after changing either.
 """
 
@@ -70,7 +71,8 @@ def record(client: httpx.Client, name: str) -> None:
 def main(names: list[str]) -> None:
     RECORDINGS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as cache:
-        settings = Settings(vllm_port=free_port(), model_dir=ROOT / ".cache/models" / MODEL, cache_dir=Path(cache))
+        settings = Settings(vllm_port=free_port(), model_dir=ROOT / ".cache/models" / MODEL, cache_dir=Path(cache),
+                            vllm_extra_args="--enable-auto-tool-choice --tool-call-parser hermes")  # fmt: skip
         server = ManagedVLLM(settings)
         server.start()
         try:
