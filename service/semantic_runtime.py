@@ -1,8 +1,9 @@
 """The gateway's semantic layers: one embedder per process, guards compiled per policy set and cached.
 
 Building a `SemanticGuard` embeds the concept anchors and trains the classifiers (about a second on CPU for a
-policy); the `ClassifierCache` keeps trained targets across reloads, keyed by policy digest, so only edited
-policies retrain. Guards for the default policy set are warmed after every reload, off the request path.
+policy); the `ClassifierCache` keeps trained targets across reloads, keyed by encoder and policy digest, so only
+edited policies retrain and a classifier never meets another encoder's vectors. Guards for the default policy set
+are warmed after every reload, off the request path.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 
 from filters.concept_classifier import ClassifierCache
 from filters.decision import Decision, Layer
-from filters.embedding import Embedder, LocalEmbedder, RemoteEmbedder
+from filters.embedding import Embedder, Encoder, RemoteEmbedder
 from filters.policy import Policy
 from filters.semantic import Detection, SemanticGuard
 from service.settings import Settings
@@ -30,7 +31,7 @@ def make_embedder(settings: Settings) -> Embedder | None:
         return None
     if settings.embeddings_url:
         return RemoteEmbedder(settings.embeddings_url, settings.embeddings_model, api_key=settings.embeddings_api_key)
-    return LocalEmbedder()
+    return Encoder(settings.embeddings_encoder).embedder()
 
 
 def to_decision(d: Detection) -> Decision:

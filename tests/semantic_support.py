@@ -1,4 +1,6 @@
-"""Shared, real parts for the semantic-layer tests: the embedding model is loaded once per test session."""
+"""Shared, real parts for the semantic-layer tests: each embedding model is loaded once per test session.
+
+`shared_embedder()` is the product's default encoder (what a deployment gets); `shared_minilm()` the other one."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from filters.concept_classifier import ClassifierCache
-from filters.embedding import LocalEmbedder
+from filters.embedding import DEFAULT_ENCODER, Embedder, LocalEmbedder
 from filters.policy import Policy
 from filters.policy_loader import load_policy_file, parse_policy
 
@@ -15,7 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @lru_cache(maxsize=1)
-def shared_embedder() -> LocalEmbedder:
+def shared_embedder() -> Embedder:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    embedder = DEFAULT_ENCODER.embedder()
+    embedder.load()
+    return embedder
+
+
+@lru_cache(maxsize=1)
+def shared_minilm() -> LocalEmbedder:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     embedder = LocalEmbedder()
     embedder.load()

