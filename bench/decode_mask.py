@@ -1,6 +1,8 @@
 """Decode throughput with the plugin at 10, 1,000 and 10,000 terms, as a ratio to requests without terms.
 
-Run: .venv/bin/python -m bench.decode_mask [--port 8160] [--tokens 128] [--repeats 3]
+Run: .venv/bin/python -m bench.decode_mask [--port 8160] [--tokens 128] [--repeats 3] [--mode reader]
+     .venv/bin/python -m bench.decode_mask --plugin-only [--mode word]   # the in-process part only, no vLLM
+`--mode` sends the terms as the gateway does for a policy with that `match:` (reader: the default).
 One vLLM (CPU build, plugin loaded) serves every configuration in the same run. The baseline is a request without
 `quell_terms` on the same server (the plugin is loaded but leaves it untouched). Each configuration runs a cold pass
 (masks not cached yet) and a warm pass (same prompts again); configurations are interleaved with the baseline and
@@ -47,11 +49,43 @@ def vllm_server(port: int) -> Iterator[str]:
         managed.stop()
 
 
+MODE = "reader"
+WARM_BUDGET_S = 0.0
+TEXTS = [
+    "Once upon a time, in a kingdom by the sea, there lived an old dragon who guarded a cave full of gold. Every "
+    "morning the villagers walked past the mountain and wondered whether the beast was still asleep. One day a young "
+    "girl named Mara decided to climb up and see for herself, carrying bread, a rope and her grandfather's lantern.",
+    "Rivers form when rain and melting snow gather in channels. Over thousands of years the water cuts valleys into "
+    "rock, carries sediment downstream and builds deltas where it meets the sea. Tributaries join the main stream.",
+]
+
+
+def xargs(terms: list[str], mode: str) -> dict[str, list[str]]:
+    """Terms under the plugin keys a policy with `match: <mode>` would send (`filters.surface.SurfaceLayer`)."""
+    from filters.automaton import MatchMode, reader_mode
+
+    modes = {t: MatchMode(mode) if mode != "reader" else reader_mode(t) for t in terms}
+    keys = {MatchMode.WORD: "quell_terms", MatchMode.PREFIX: "quell_prefix_terms",
+            MatchMode.INSIDE: "quell_inside_terms"}  # fmt: skip
+    out: dict[str, list[str]] = {}
+    for term, m in modes.items():
+        out.setdefault(keys[m], []).append(term)
+    return out
+
+
+def automaton_for(terms: list[str], mode: str):
+    from filters.automaton import TermAutomaton
+
+    args = xargs(terms, mode)
+    return TermAutomaton(args.get("quell_terms", ()), prefix=args.get("quell_prefix_terms", ()),
+                         inside=args.get("quell_inside_terms", ()))  # fmt: skip
+
+
 def complete(url: str, prompt: str, tokens: int, terms: list[str] | None, headers: dict | None = None) -> int:
     body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
             "min_tokens": tokens, "ignore_eos": True, "temperature": 0}  # fmt: skip
     if terms:
-        body["vllm_xargs"] = {"quell_terms": terms}
+        body["vllm_xargs"] = xargs(terms, MODE)
     response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600, headers=headers)
     response.raise_for_status()
     return response.json()["usage"]["completion_tokens"]
@@ -78,7 +112,6 @@ def plugin_cost(term_sets: dict[int, list[str]], texts: list[str]) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from filters.automaton import TermAutomaton
     from filters.token_mask import Cursor, TokenMasks
     from filters.vocab import VocabularyIndex
 
@@ -87,8 +120,11 @@ def plugin_cost(term_sets: dict[int, list[str]], texts: list[str]) -> None:
     sequences = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
     logits = torch.zeros(vocab.size)
     for count, terms in term_sets.items():
-        masks = TokenMasks(TermAutomaton(terms), vocab)
-        banned_ids: dict[tuple[int, bytes], torch.Tensor] = {}  # what the plugin caches per step key
+        t0 = time.perf_counter()
+        masks = TokenMasks(automaton_for(terms, MODE), vocab)
+        warmed = masks.warm_start(budget_s=WARM_BUDGET_S) if WARM_BUDGET_S else 0
+        print(f"{count:>6} terms ({MODE}): compiled and {warmed} start masks warmed in {time.perf_counter() - t0:.2f} s")
+        banned_ids: dict[tuple, torch.Tensor] = {}  # what the plugin caches per step key
         for label in ("cold", "warm"):
             steps = []
             for ids in sequences:
@@ -96,14 +132,15 @@ def plugin_cost(term_sets: dict[int, list[str]], texts: list[str]) -> None:
                 for token in ids:
                     t0 = time.perf_counter()
                     cursor.advance(token)
-                    key = (cursor.state, cursor.tail)
+                    key = (cursor.state, cursor.tail, cursor.after_lower)
                     ids = banned_ids.get(key)
                     if ids is None:
-                        ids = banned_ids[key] = torch.from_numpy(np.flatnonzero(masks.banned(*key)))
+                        mask = masks.banned(cursor.state, cursor.tail, after_lower=cursor.after_lower)
+                        ids = banned_ids[key] = torch.from_numpy(np.flatnonzero(mask))
                     logits.index_fill_(0, ids, -float("inf"))
                     steps.append(time.perf_counter() - t0)
             steps.sort()
-            print(f"plugin CPU per step, {count:>6} terms, {label}: mean {sum(steps) / len(steps) * 1e3:.2f} ms, "
+            print(f"plugin CPU per step ({MODE}, {masks.automaton.num_states} DFA states), {count:>6} terms, {label}: mean {sum(steps) / len(steps) * 1e3:.2f} ms, "
                   f"p50 {steps[len(steps) // 2] * 1e3:.3f} ms, p99 {steps[int(len(steps) * 0.99)] * 1e3:.1f} ms, "
                   f"max {steps[-1] * 1e3:.1f} ms over {len(steps)} steps", flush=True)  # fmt: skip
 
@@ -113,8 +150,17 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8160)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mode", choices=["reader", "word", "prefix", "inside"], default="reader")
+    parser.add_argument("--plugin-only", action="store_true", help="only the in-process plugin cost (no vLLM)")
+    parser.add_argument("--warm-budget", type=float, default=0.0,
+                        help="seconds of start-state masks to precompute per term set before timing (0: none)")
     args = parser.parse_args()
+    global MODE, WARM_BUDGET_S
+    MODE, WARM_BUDGET_S = args.mode, args.warm_budget
     term_sets = {count: TARGETS + synthetic_terms(count - len(TARGETS), seed=count) for count in (10, 1_000, 10_000)}
+    if args.plugin_only:
+        plugin_cost(term_sets, TEXTS)
+        return
     with vllm_server(args.port) as url:
         complete(url, "Hello", 8, None)  # warm-up
         texts = [generated_text(url, prompt, args.tokens) for prompt in PROMPTS[:4]]

@@ -255,9 +255,10 @@ class TermAutomaton:
         unknown = self._delta[states, classes] < 0
         if not unknown.any():
             return
-        pairs = np.unique(np.stack([states[unknown], classes[unknown]], axis=1), axis=0)
-        for state, cls in pairs.tolist():
-            self.step(state, cls)
+        # one int64 key per pair: a 1-D unique is an order of magnitude faster than unique(axis=0) on pairs
+        keys = np.unique(states[unknown].astype(np.int64) * self.num_classes + classes[unknown])
+        for key in keys.tolist():
+            self.step(*divmod(key, self.num_classes))
 
     def run(self, state: int, classes: Iterable[int]) -> int:
         for cls in classes:

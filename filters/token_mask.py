@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import codecs
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,6 +64,13 @@ class TokenMasks:
         self._continuing = np.flatnonzero(vocab.continues_bytes)
         self._has_tail = np.array([bool(t) for t in vocab.tails], dtype=np.bool_)
         self._upper = np.flatnonzero(vocab.starts_upper)
+        # The same table restricted to those tokens (a few thousand of ~50k), for the after-lowercase case.
+        upper_rows = np.flatnonzero(vocab.starts_upper[self._order])
+        upper_lengths = np.array([len(vocab.symbols[t]) for t in self._order[upper_rows].tolist()], dtype=np.int64)
+        self._upper_order = self._order[upper_rows]
+        self._upper_classes = self._classes[upper_rows]
+        self._upper_active = [int((upper_lengths > p).sum()) for p in range(self._classes.shape[1])]
+        self._upper_ends: dict[int, np.ndarray] = {}
         self._ends: dict[int, np.ndarray] = {}
         self._banned: dict[tuple[int, bytes, bool, bool], np.ndarray] = {}
 
@@ -82,10 +91,39 @@ class TokenMasks:
             self._banned[key] = mask
         return mask
 
-    def warm(self, state: int, after_lower: bool = False) -> None:
-        """Compute and cache the masks of a clean cursor at `state` (both `last` values), e.g. ahead of decoding."""
-        self.banned(state, after_lower=after_lower)
-        self.banned(state, after_lower=after_lower, last=True)
+    def warm_start(self, depth: int = 2, budget_s: float | None = None, stop: threading.Event | None = None) -> int:
+        """Precompute the masks decoding meets first: at a word start and inside a word that began no term, then
+        after each term's first `depth` characters from there, breadth first. Stops after `budget_s` seconds, when
+        `stop` is set, or when the mask cache is full. Returns the number of masks it computed (not found cached).
+
+        Meant for a background thread at compile time (`filters.vllm_plugin`): first visits to these states would
+        otherwise compute their masks on the decode step."""
+        automaton = self.automaton
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        following: dict[str, set[str]] = {}
+        for key in automaton.keys:
+            for i in range(min(depth, len(key))):
+                following.setdefault(key[:i], set()).add(key[i])
+        # (state, after_lower, the term characters that led there)
+        frontier = [(START, False, ""), (automaton.step(START, OTHER_CLASS), True, "")]
+        seen: set[tuple[int, bool]] = set()
+        done = 0
+        while frontier:
+            nxt: list[tuple[int, bool, str]] = []
+            for state, after_lower, path in frontier:
+                if (stop is not None and stop.is_set()) or (deadline is not None and time.monotonic() > deadline):
+                    return done
+                if state != DEAD and (state, after_lower) not in seen:
+                    if len(self._banned) >= MAX_CACHED_MASKS - 1:
+                        return done
+                    seen.add((state, after_lower))
+                    if (state, b"", after_lower, False) not in self._banned:
+                        self.banned(state, after_lower=after_lower)
+                        done += 1
+                for ch in sorted(following.get(path, ())):
+                    nxt.append((automaton.run(state, automaton.classes(ch)), True, path + ch))
+            frontier = nxt
+        return done
 
     def end_states(self, state: int, tail: bytes = b"", after_lower: bool = False) -> np.ndarray:
         """int32 per tokenizer id: the state after its text from the cursor; text-less tokens keep `state`."""
@@ -97,7 +135,7 @@ class TokenMasks:
             ends = self._clean_ends(state)
             if after_lower and len(self._upper):
                 ends = ends.copy()
-                ends[self._upper] = self._clean_ends(self.automaton.step(state, SEP_CLASS))[self._upper]
+                ends[self._upper_order] = self._upper_clean_ends(self.automaton.step(state, SEP_CLASS))
             return ends, self._has_tail
         # The pending bytes come out as U+FFFD (a separator) before any token that does not continue them.
         ends = self._clean_ends(self.automaton.step(state, SEP_CLASS)).copy()
@@ -115,22 +153,37 @@ class TokenMasks:
         ends = self._ends.get(state)
         if ends is not None:
             return ends
+        ends = np.full(self.vocab.size, state, dtype=np.int32)
+        ends[self._order] = self._run_table(state, self._classes, self._active)
+        if len(self._ends) >= MAX_CACHED_END_STATES:
+            self._ends.clear()
+        self._ends[state] = ends
+        return ends
+
+    def _upper_clean_ends(self, state: int) -> np.ndarray:
+        """End states of the upper-starting tokens (in `_upper_order`) from `state`."""
+        ends = self._upper_ends.get(state)
+        if ends is None:
+            if len(self._upper_ends) >= MAX_CACHED_END_STATES:
+                self._upper_ends.clear()
+            ends = self._upper_ends[state] = self._run_table(state, self._upper_classes, self._upper_active)
+        return ends
+
+    def _run_table(self, state: int, table: np.ndarray, active: list[int]) -> np.ndarray:
+        """The DFA over every row of a [token, position] class table at once, from `state`."""
         automaton = self.automaton
-        states = np.full(len(self._order), state, dtype=np.int32)
-        for position, count in enumerate(self._active):
+        states = np.full(len(table), state, dtype=np.int32)
+        for position, count in enumerate(active):
+            if not count:
+                break
             current = states[:count]
-            classes = self._classes[:count, position]
+            classes = table[:count, position]
             nxt = automaton.delta[current, classes]
             if nxt.min() < 0:
                 automaton.fill(current, classes)
                 nxt = automaton.delta[current, classes]
             states[:count] = nxt
-        ends = np.full(self.vocab.size, state, dtype=np.int32)
-        ends[self._order] = states
-        if len(self._ends) >= MAX_CACHED_END_STATES:
-            self._ends.clear()
-        self._ends[state] = ends
-        return ends
+        return states
 
     def _compute_banned(self, state: int, tail: bytes, after_lower: bool, last: bool) -> np.ndarray:
         ends, tails = self._ends_and_tails(state, tail, after_lower)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -47,6 +48,10 @@ MAX_TERMS_BYTES = 4 * 1024 * 1024
 MAX_CACHED_TERM_SETS = 16
 MAX_CACHED_BANNED_IDS = 1024
 """Banned-id tensors kept across term sets (a pending state bans ~33k ids: 260 KiB); cleared when full."""
+WARM_DEPTH = 2
+WARM_BUDGET_S = 30.0
+"""A new term set's masks near the start of every term (`TokenMasks.warm_start`) are computed in a background
+thread for at most this long, so that first visits to those states are not paid on the decode step."""
 
 
 class TermSet(NamedTuple):
@@ -131,6 +136,7 @@ class QuellLogitsProcessor(LogitsProcessor):
         self.vocab = VocabularyIndex.from_pretrained(model_config.tokenizer, revision=model_config.tokenizer_revision)
         _ = self.vocab.char_table  # build the kernel's table now, not on the first masked request
         self._term_sets: OrderedDict[str, TokenMasks] = OrderedDict()
+        self._warmers: dict[str, threading.Event] = {}
         self._requests: dict[int, _Request] = {}
         fallback = np.ones(self.width, dtype=np.bool_)
         fallback[sorted(self.vocab.eos_token_ids)] = False
@@ -178,12 +184,31 @@ class QuellLogitsProcessor(LogitsProcessor):
         if masks is None:
             masks = TokenMasks(terms.automaton(), self.vocab, self.width)
             self._term_sets[key] = masks
+            self._start_warming(key, masks)
             if len(self._term_sets) > MAX_CACHED_TERM_SETS:
                 old_key, _ = self._term_sets.popitem(last=False)
                 self._banned_ids = {k: v for k, v in self._banned_ids.items() if k[0] != old_key}
+                stop = self._warmers.pop(old_key, None)
+                if stop is not None:
+                    stop.set()
         else:
             self._term_sets.move_to_end(key)
         return masks
+
+    def _start_warming(self, key: str, masks: TokenMasks) -> None:
+        stop = threading.Event()
+        self._warmers[key] = stop
+
+        def warm() -> None:
+            try:
+                count = masks.warm_start(WARM_DEPTH, WARM_BUDGET_S, stop)
+                log.info("Quell: %d start masks precomputed for term set %s", count, key[:12])
+            except Exception:  # noqa: BLE001 - warming is an optimisation; decoding computes what is missing
+                log.exception("Quell: precomputing masks failed for term set %s", key[:12])
+            finally:
+                self._warmers.pop(key, None)
+
+        threading.Thread(target=warm, name=f"quell-warm-{key[:8]}", daemon=True).start()
 
     def _step_banned(self, request: _Request) -> torch.Tensor:
         cursor, masks = request.cursor, request.masks

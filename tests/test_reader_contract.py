@@ -263,3 +263,29 @@ def test_plugin_parses_the_inside_key() -> None:
     assert vllm_plugin.term_set_key(terms) != vllm_plugin.term_set_key(as_prefix)
     with pytest.raises(ValueError, match="quell_inside_terms"):
         vllm_plugin.parse_terms({"quell_inside_terms": "Spider-Man"})
+
+
+def test_masks_warmed_in_a_background_thread_equal_cold_ones() -> None:
+    """`warm_start` runs beside decoding in the plugin: the shared automaton grows from two threads at once."""
+    import threading
+
+    terms = {t: reader_mode(t) for t in ("Spider-Man", "Lisa", "Hogwarts", "Team")}
+    warmed, cold = _toy(terms), _toy(terms)
+    thread = threading.Thread(target=warmed.warm_start, kwargs={"depth": 3})
+    thread.start()
+    rng = random.Random(5)
+    walks = []
+    for _ in range(60):
+        cursor = Cursor(warmed.automaton, warmed.vocab)
+        check = Cursor(cold.automaton, cold.vocab)
+        for _ in range(rng.randint(0, 6)):
+            mask = warmed.banned(cursor.state, cursor.tail, after_lower=cursor.after_lower)
+            expected = cold.banned(check.state, check.tail, after_lower=check.after_lower)
+            assert (mask == expected).all()
+            token = rng.choice([t for t in range(1, len(TOY_VOCAB) - 1) if not mask[t]])
+            cursor.advance(token)
+            check.advance(token)
+        walks.append(cursor.state)
+    thread.join()
+    assert warmed.warm_start(depth=3) == 0  # everything near the starts is cached now
+    assert len(warmed._banned) > 10
