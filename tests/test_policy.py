@@ -106,6 +106,26 @@ def test_cli_policy_test_exit_codes_and_spans() -> None:
     assert quiet.returncode == 0 and "nothing fired" in quiet.stdout
 
 
+def test_cli_policy_test_reads_like_a_person() -> None:
+    """The shipped policy uses the default (reader) contract: glued starts, case changes and leetspeak fire."""
+    policy = str(ROOT / "policies" / "spiderman.yaml")
+    for text in ("Go #TeamSpiderman!", "xXSp1derM4nXx", "Spidermanizzato", "$pidey rules"):
+        res = subprocess.run([QUELL, "policy", "test", policy, text], capture_output=True, text=True,
+                             env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})  # fmt: skip
+        assert res.returncode == 1 and "spider-man" in res.stdout, (text, res.stdout)
+    quiet = subprocess.run([QUELL, "policy", "test", policy], capture_output=True, text=True,
+                           input="In 1154 the spider crawled; the man paid $300.")  # fmt: skip
+    assert quiet.returncode == 0 and "nothing fired" in quiet.stdout
+
+
+def test_match_mode_errors_name_the_field() -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy("id: x\ntargets:\n  - id: a\n    terms: [abc]\n    match: suffix\n", "p.yaml")
+    issue = info.value.issues[0]
+    assert (issue.file, issue.line, issue.field) == ("p.yaml", 5, "targets[0].match")
+    assert all(mode in issue.message for mode in ("'reader'", "'word'", "'prefix'", "'inside'"))
+
+
 def test_cli_policy_list_flags_broken_files(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(GOOD)
     (tmp_path / "b.yaml").write_text("id: b\ntargets: []\n")
