@@ -9,7 +9,7 @@ MODEL_DIR := $(CACHE)/models/SmolLM2-135M-Instruct
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup serve test bench lint clean
+.PHONY: setup serve test soak bench lint clean
 
 setup: $(STAMP) $(MODEL_DIR)/config.json
 
@@ -31,6 +31,11 @@ serve: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The long fault, fuzz and load run: the same tests as `make test` runs briefly, with many more cases.
+soak: setup
+	QUELL_FUZZ_EXAMPLES=400 QUELL_LOAD_REQUESTS=2000 $(BIN)/python -m pytest -s \
+	  tests/service/test_fuzz.py tests/service/test_faults_under_load.py
 
 bench: setup
 	$(BIN)/python -m bench

@@ -32,6 +32,15 @@ def _issues(issues: list[PolicyIssue] | tuple[PolicyIssue, ...]) -> list[dict]:
     return [{"file": i.file, "line": i.line, "field": i.field, "message": i.message} for i in issues]
 
 
+def _invalid(issues: list[PolicyIssue] | tuple[PolicyIssue, ...]) -> JSONResponse:
+    """422 with every issue, plus the first as an OpenAI-style error object like every other 4xx."""
+    first = issues[0] if issues else PolicyIssue("<request>", 1, "", "invalid policy")
+    where = f"{first.field}: " if first.field else ""
+    error = APIError(422, f"{where}{first.message} (line {first.line})", param=first.field or "body",
+                     code="invalid_policy")  # fmt: skip
+    return JSONResponse({**error.body(), "valid": False, "errors": _issues(issues)}, status_code=422)
+
+
 def _summary(policy: Policy) -> dict:
     return {
         "id": policy.id, "version": policy.version, "digest": policy.digest, "default": policy.default,
@@ -79,7 +88,7 @@ async def validate_policy(request: Request, _body: YamlBody = "") -> JSONRespons
     try:
         policy = parse_policy(await _yaml_text(request), "<request>")
     except PolicyError as exc:
-        return JSONResponse({"valid": False, "errors": _issues(exc.issues)}, status_code=422)
+        return _invalid(exc.issues)
     return JSONResponse({"valid": True, "policy": _summary(policy)})
 
 
@@ -98,10 +107,10 @@ async def put_policy(policy_id: str, request: Request, gateway: GatewayDep, _bod
     try:
         policy = parse_policy(text, f"PUT /admin/policies/{policy_id}")
     except PolicyError as exc:
-        return JSONResponse({"valid": False, "errors": _issues(exc.issues)}, status_code=422)
+        return _invalid(exc.issues)
     if policy.id != policy_id:
         issue = PolicyIssue("<request>", 1, "id", f"the body says id {policy.id!r} but the URL says {policy_id!r}")
-        return JSONResponse({"valid": False, "errors": _issues([issue])}, status_code=422)
+        return _invalid([issue])
     async with _write_lock:  # one writer at a time in this process; rename is atomic across processes anyway
         path = gateway.registry.file_for(policy_id)
         try:
