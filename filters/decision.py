@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
@@ -13,8 +14,29 @@ class Layer(StrEnum):
     CLASSIFIER = "classifier"
 
 
-ACTION_RANK = {"flag": 0, "mask": 1, "redact": 1, "stop": 2, "refuse": 3}
-"""When several detections disagree, the strongest action wins."""
+class Action(StrEnum):
+    """What a detection does to a response, weakest first. A StrEnum, so it compares equal to its value."""
+
+    FLAG = "flag"  # annotate, audit and count; the text passes
+    MASK = "mask"  # decode time: the term cannot be emitted (a text match of a mask term is redacted)
+    REDACT = "redact"
+    STOP = "stop"
+    REFUSE = "refuse"
+
+    @property
+    def rank(self) -> int:
+        """When several detections disagree, the strongest action wins (mask and redact rank alike)."""
+        return _RANK[self]
+
+    @property
+    def blocks(self) -> bool:
+        """True for every action that changes what the client gets."""
+        return self is not Action.FLAG
+
+
+_RANK = {Action.FLAG: 0, Action.MASK: 1, Action.REDACT: 1, Action.STOP: 2, Action.REFUSE: 3}
+ACTION_RANK: dict[str, int] = {str(a): r for a, r in _RANK.items()}
+"""The ranks by action name, for callers holding plain strings."""
 
 
 @dataclass(frozen=True)
@@ -22,10 +44,13 @@ class Decision:
     policy_ref: str  # "id@version"
     target_id: str
     layer: Layer
-    action: str
+    action: Action
     score: float = 1.0
     start: int | None = None  # span in the response text, when the layer has one
     end: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "action", Action(self.action))  # callers may pass the plain name
 
     @property
     def policy_id(self) -> str:
@@ -34,6 +59,23 @@ class Decision:
     def as_dict(self) -> dict:
         out = asdict(self)
         out["layer"] = str(self.layer)
+        out["action"] = str(self.action)
         out["policy"] = out.pop("policy_ref")
         out["target"] = out.pop("target_id")
         return out
+
+
+def content_filter_results(decisions: Iterable[Decision]) -> dict[str, dict[str, object]]:
+    """The one client-facing summary of decisions (a choice's `content_filter_results`, a blocked prompt's error):
+    per target, the strongest action taken, by which layer and policy version, and how many detections."""
+    out: dict[str, dict[str, object]] = {}
+    strongest: dict[str, Decision] = {}
+    for d in decisions:
+        best = strongest.get(d.target_id)
+        if best is None or d.action.rank > best.action.rank:
+            strongest[d.target_id] = d
+            count = out[d.target_id]["detections"] if d.target_id in out else 0
+            out[d.target_id] = {"filtered": d.action.blocks, "policy": d.policy_ref, "layer": str(d.layer),
+                                "action": str(d.action), "score": round(d.score, 4), "detections": count}  # fmt: skip
+        out[d.target_id]["detections"] = int(out[d.target_id]["detections"]) + 1  # type: ignore[call-overload]
+    return out

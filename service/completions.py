@@ -15,7 +15,7 @@ from typing import Literal
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from filters.decision import ACTION_RANK, Decision, Layer
+from filters.decision import Decision, Layer, content_filter_results
 from filters.policy import Policy
 from filters.semantic import SemanticGuard
 from filters.stream_guard import GuardStep, OutputGuard
@@ -90,20 +90,6 @@ class GuardedRequest:
         layer = self.surface if self.text_backstop else SurfaceLayer([])
         refusals = {p.ref: p.refusal for p in self.policies}
         return ChoiceGuard(OutputGuard(layer), self.semantic, self.runtime, refusals)
-
-
-def content_filter_results(decisions: list[Decision]) -> dict:
-    """Per target: the strongest action taken, by which layer and policy version, and how many detections."""
-    out: dict[str, dict] = {}
-    for d in decisions:
-        entry = out.get(d.target_id)
-        if entry is None or ACTION_RANK[d.action] > ACTION_RANK[entry["action"]]:
-            out[d.target_id] = {
-                "filtered": d.action != "flag", "policy": d.policy_ref, "layer": str(d.layer),
-                "action": d.action, "score": round(d.score, 4), "detections": 0,
-            }  # fmt: skip
-        out[d.target_id]["detections"] += 1
-    return out
 
 
 @dataclass

@@ -18,6 +18,8 @@ from pathlib import Path
 from filters.policy import Policy
 from filters.policy_loader import PolicyIssue, load_policy_dir
 from filters.surface import SurfaceLayer
+from service.auth import Tenant
+from service.errors import APIError
 
 log = logging.getLogger("quell.policies")
 
@@ -45,6 +47,23 @@ class PolicySnapshot:
         if missing:
             raise KeyError(", ".join(missing))
         return [self.policies[i].policy for i in dict.fromkeys(ids)]
+
+    def for_tenant(self, tenant: Tenant, requested: Sequence[str]) -> list[Policy]:
+        """The tenant's policies (or the defaults) plus the ones a request adds, if the tenant may add them."""
+        unknown = [i for i in requested if i not in self.policies]
+        if unknown:
+            raise APIError(400, f"unknown policy id(s): {', '.join(unknown)}", param="quell.policies",
+                           code="unknown_policy")  # fmt: skip
+        refused = [i for i in requested if not tenant.may_add_policy(i)]
+        if refused:
+            raise APIError(403, f"this API key may not add policy id(s): {', '.join(refused)}",
+                           param="quell.policies", type="permission_error", code="policy_not_allowed")  # fmt: skip
+        base = list(tenant.policies) if tenant.policies is not None else self.default_ids()
+        try:
+            return self.select(base + list(requested))
+        except KeyError as exc:  # the operator configured a tenant with a policy that is not loaded: fail closed
+            raise APIError(500, f"policy {exc.args[0]} configured for tenant {tenant.id!r} is not loaded",
+                           type="server_error", code="policy_not_loaded") from None  # fmt: skip
 
 
 _SURFACE_CACHE: OrderedDict[tuple[tuple[str, ...], str | None], SurfaceLayer] = OrderedDict()

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.deps import GatewayDep, TenantDep
 from service.errors import APIError
 from service.inspect import surface_decisions
-from service.routes.openai import PoliciesHeader, select_policies
+from service.routes.openai import PoliciesHeader
 from service.schemas import QuellOptions
 
 router = APIRouter(tags=["openai"])
@@ -58,7 +58,7 @@ async def moderations(body: ModerationRequest, gateway: GatewayDep, tenant: Tena
                       x_quell_policies: PoliciesHeader = None) -> dict:  # fmt: skip
     requested = [p.strip() for p in (x_quell_policies or "").split(",") if p.strip()]
     requested += body.quell.policies if body.quell else []
-    policies = select_policies(gateway.registry.snapshot, tenant, requested)
+    policies = gateway.registry.snapshot.for_tenant(tenant, requested)
     texts = [body.input] if isinstance(body.input, str) else body.input
     limit = gateway.settings.moderation_max_chars
     if sum(len(t) for t in texts) > limit:

@@ -6,20 +6,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header
 
-from filters.policy import Policy
+from filters.decision import content_filter_results
 from service import input_screen
 from service.auth import Tenant
 from service.completions import (
     GuardedRequest,
     Kind,
-    content_filter_results,
     reject_side_channels,
     respond_json,
     respond_stream,
 )
 from service.deps import GatewayDep, TenantDep
 from service.errors import APIError, backend_unavailable
-from service.policy_registry import PolicySnapshot
 from service.schemas import ChatCompletionRequest, CompletionRequest, check_sendable
 
 router = APIRouter(tags=["openai"])
@@ -47,30 +45,12 @@ async def completions(body: CompletionRequest, gateway: GatewayDep, tenant: Tena
     return await _complete("completion", body, gateway, tenant, x_quell_policies)
 
 
-def select_policies(snapshot: PolicySnapshot, tenant: Tenant, requested: list[str]) -> list[Policy]:
-    """The tenant's policies (or the defaults) plus the ones the request adds, if the tenant may add them."""
-    unknown = [i for i in requested if i not in snapshot.policies]
-    if unknown:
-        raise APIError(400, f"unknown policy id(s): {', '.join(unknown)}", param="quell.policies",
-                       code="unknown_policy")  # fmt: skip
-    refused = [i for i in requested if not tenant.may_add_policy(i)]
-    if refused:
-        raise APIError(403, f"this API key may not add policy id(s): {', '.join(refused)}", param="quell.policies",
-                       type="permission_error", code="policy_not_allowed")  # fmt: skip
-    base = list(tenant.policies) if tenant.policies is not None else snapshot.default_ids()
-    try:
-        return snapshot.select(base + requested)
-    except KeyError as exc:  # the operator configured a tenant with a policy that is not loaded: fail closed
-        raise APIError(500, f"policy {exc.args[0]} configured for tenant {tenant.id!r} is not loaded",
-                       type="server_error", code="policy_not_loaded") from None  # fmt: skip
-
-
 async def _complete(kind: Kind, request: ChatCompletionRequest | CompletionRequest, gateway: GatewayDep,
                     tenant: Tenant, header_policies: str | None):  # fmt: skip
     requested = [p.strip() for p in (header_policies or "").split(",") if p.strip()]
     if request.quell is not None:
         requested += request.quell.policies
-    policies = select_policies(gateway.registry.snapshot, tenant, requested)
+    policies = gateway.registry.snapshot.for_tenant(tenant, requested)
     if not gateway.connected:
         raise backend_unavailable(gateway.backend_error or "still starting (see /readyz)")
     models = await gateway.backend.models()
