@@ -250,9 +250,18 @@ class TermAutomaton:
                     self._delta[state, cls] = nxt
         return nxt
 
-    def fill(self, states: np.ndarray, classes: np.ndarray) -> None:
-        """Compute every unknown transition among the (state, class) pairs given (arrays of equal shape)."""
-        unknown = self._delta[states, classes] < 0
+    def gather(self, states: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """`delta[states, classes]` (int32 arrays of equal shape), -1 where not computed yet: a flat `take`, about
+        three times faster than two-array fancy indexing on the mask kernel's path."""
+        table = self._delta
+        width = self.num_classes
+        index = states * np.int32(width) if table.size < 2**31 else states.astype(np.int64) * width
+        return table.ravel().take(index + classes)
+
+    def fill(self, states: np.ndarray, classes: np.ndarray, known: np.ndarray | None = None) -> None:
+        """Compute every unknown transition among the (state, class) pairs given (arrays of equal shape); `known`
+        may hold `delta[states, classes]` already gathered (-1 where unknown)."""
+        unknown = (self._delta[states, classes] if known is None else known) < 0
         if not unknown.any():
             return
         # one int64 key per pair: a 1-D unique is an order of magnitude faster than unique(axis=0) on pairs

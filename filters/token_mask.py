@@ -178,10 +178,10 @@ class TokenMasks:
                 break
             current = states[:count]
             classes = table[:count, position]
-            nxt = automaton.delta[current, classes]
+            nxt = automaton.gather(current, classes)
             if nxt.min() < 0:
-                automaton.fill(current, classes)
-                nxt = automaton.delta[current, classes]
+                automaton.fill(current, classes, nxt)
+                nxt = automaton.gather(current, classes)
             states[:count] = nxt
         return states
 
