@@ -1,4 +1,5 @@
-"""Back-pressure at the door: a request body size limit (413) and caps on concurrent requests (429 + Retry-After).
+"""Back-pressure at the door: request body and header size limits (413, 431) and caps on concurrent requests (429
+with Retry-After).
 
 A plain ASGI middleware, so that a request counts as in flight until its last byte is sent, streams included, and
 an oversized body is refused while it arrives, before anything parses it. Concurrency is counted per gateway and per
@@ -29,9 +30,11 @@ class BodyTooLarge(HTTPException):
 
 
 class RequestLimits:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_concurrent: int, max_concurrent_per_key: int):
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_concurrent: int, max_concurrent_per_key: int,
+                 max_header_bytes: int = 32 * 1024):  # fmt: skip
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
         self.max_concurrent = max_concurrent
         self.max_concurrent_per_key = max_concurrent_per_key
         self._in_flight = 0
@@ -40,6 +43,10 @@ class RequestLimits:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(UNLIMITED_PATHS):
             await self.app(scope, receive, send)
+            return
+        if sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
+            await self._refuse(send, APIError(431, f"request headers larger than {self.max_header_bytes} bytes in all",
+                                              param="headers", code="headers_too_large"))  # fmt: skip
             return
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")

@@ -31,6 +31,15 @@ class LoadedPolicy:
     loaded_at: datetime
 
 
+MAX_REQUESTED_POLICIES = 64
+
+
+def _some(ids: list[str], shown: int = 10) -> str:
+    """Ids for an error message: the first few and how many more (a client's list can be long)."""
+    text = ", ".join(i[:80] for i in ids[:shown])
+    return text + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+
+
 @dataclass(frozen=True)
 class PolicySnapshot:
     policies: dict[str, LoadedPolicy]
@@ -50,13 +59,16 @@ class PolicySnapshot:
 
     def for_tenant(self, tenant: Tenant, requested: Sequence[str]) -> list[Policy]:
         """The tenant's policies (or the defaults) plus the ones a request adds, if the tenant may add them."""
+        if len(requested) > MAX_REQUESTED_POLICIES:
+            raise APIError(400, f"a request may add at most {MAX_REQUESTED_POLICIES} policies, got {len(requested)}",
+                           param="quell.policies", code="too_many_policies")  # fmt: skip
         unknown = [i for i in requested if i not in self.policies]
         if unknown:
-            raise APIError(400, f"unknown policy id(s): {', '.join(unknown)}", param="quell.policies",
+            raise APIError(400, f"unknown policy id(s): {_some(unknown)}", param="quell.policies",
                            code="unknown_policy")  # fmt: skip
         refused = [i for i in requested if not tenant.may_add_policy(i)]
         if refused:
-            raise APIError(403, f"this API key may not add policy id(s): {', '.join(refused)}",
+            raise APIError(403, f"this API key may not add policy id(s): {_some(refused)}",
                            param="quell.policies", type="permission_error", code="policy_not_allowed")  # fmt: skip
         base = list(tenant.policies) if tenant.policies is not None else self.default_ids()
         try:

@@ -34,7 +34,7 @@ class QuellOptions(BaseModel):
 
 class _Sampling(_Passthrough):
     model: str = Field(min_length=1)
-    stream: bool = False
+    stream: bool = Field(False, strict=True)  # "yes" or 1 is a client bug to report, not a stream to start
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1, le=16)

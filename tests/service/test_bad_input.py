@@ -61,3 +61,23 @@ def test_models_list_hides_server_paths(gateway_for) -> None:
     with gateway_for() as (client, _):
         cards = client.get("/v1/models").json()["data"]
     assert cards and all(not str(c.get("root", "")).startswith("/") for c in cards)
+
+
+def test_loose_stream_flag_is_400(gateway_for) -> None:
+    with gateway_for() as (client, _):
+        resp = client.post("/v1/chat/completions", json={"model": "SmolLM2-135M-Instruct", "stream": "yes",
+                                                         "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "stream"
+
+
+def test_huge_headers_are_refused_by_the_server_not_a_500(serve_gateway) -> None:
+    import httpx
+
+    with serve_gateway() as (base, _):
+        ids = ",".join(f"p{i}" for i in range(20_000))
+        resp = httpx.post(f"{base}/v1/chat/completions", headers={"x-quell-policies": ids},
+                          json={"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "hi"}]})
+        ok = httpx.get(f"{base}/healthz")
+    assert 400 <= resp.status_code < 500 and ok.status_code == 200
+    if resp.headers.get("content-type", "").startswith("application/json"):
+        assert len(resp.json()["error"]["message"]) < 2_000
