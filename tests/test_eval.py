@@ -216,6 +216,7 @@ def test_bad_words_fit_vllms_limit_and_configs_are_named():
 # ---- end to end --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_quell_eval_end_to_end_and_resume(gateway, tmp_path):
     probes, neighbours = DATA / "hp_forget_probes.jsonl", DATA / "hp_neighbor_probes.jsonl"
     if not probes.is_file():
