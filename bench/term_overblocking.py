@@ -104,7 +104,9 @@ def main() -> None:
         by_mode = {mode: hits(a, term_target, texts) for mode, a in automata.items()}
         print(f"\n== {name}: {len(texts)} texts")
         print(f"{'mode':<14}{'per-target rate':>18}{'texts hit by any':>18}" + "".join(f"{p.split('/')[0][7:]:>24}" for p in policies))
-        for threshold in ("word", *THRESHOLDS, "inside"):
+        rows = ("word", *THRESHOLDS, "inside") if not name.startswith("REPORT") else ("word", 99, INSIDE_MIN_CHARS)
+        chosen_examples: list = []
+        for threshold in rows:  # report-only sets: the chosen setting and its neighbours in mode only, no sweep
             over_by_target: dict[str, int] = defaultdict(int)
             any_hit = 0
             examples = []
