@@ -54,6 +54,16 @@ class Detection:
         return self.score >= self.threshold
 
 
+@dataclass(frozen=True)
+class ConceptWarning:
+    """A concept target that should not be trusted to block yet (see ConceptClassifier.readiness)."""
+
+    policy_ref: str
+    target_id: str
+    cv_recall: float | None
+    message: str
+
+
 # ---- windows ---------------------------------------------------------------------------------------------------
 
 _SENTENCE_END = re.compile(r"[.!?\u2026\u3002]+[\"'\u201d\u2019)\]]*\s|\n")
@@ -219,6 +229,15 @@ class SemanticGuard:
                 name=f"{policy.ref}/{target.id}",
             )
         return TargetModel(policy, target, blocklist, classifier)
+
+    def warnings(self) -> list[ConceptWarning]:
+        """Concept targets whose classifier is not ready to `refuse` on (low cross-validated recall on its own
+        examples); `quell policy test` and the admin `:test` route should show these beside their results."""
+        return [
+            ConceptWarning(m.policy.ref, m.target.id, m.classifier.cv_recall, m.classifier.readiness() or "")
+            for m in self.models
+            if m.classifier is not None and not m.classifier.ready
+        ]
 
     # ---- scoring -----------------------------------------------------------------------------------------------
 

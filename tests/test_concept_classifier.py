@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 from filters.concept_classifier import (
+    DEFAULT_HEAD,
+    MIN_CV_RECALL,
+    PREVIOUS_HEAD,
     ClassifierCache,
     ConceptClassifier,
     _class_weights,
@@ -16,7 +19,14 @@ from filters.concept_classifier import (
 from filters.policy import InputScope
 from filters.policy_loader import PolicyError
 from filters.semantic import SemanticGuard, input_text
-from tests.semantic_support import parse, shared_cache, shared_embedder, spiderman_policy, spiderman_variant
+from tests.semantic_support import (
+    parse,
+    shared_cache,
+    shared_embedder,
+    shared_minilm,
+    spiderman_policy,
+    spiderman_variant,
+)
 
 PARAPHRASES = [
     "The young photographer from Queens was bitten by a radioactive spider and now swings between skyscrapers.",
@@ -147,15 +157,16 @@ def test_pick_threshold_allows_at_most_the_target_share(scores, fpr, expected_ab
     assert int(np.sum(np.array(scores) >= threshold)) == expected_above
 
 
-def test_newton_solver_agrees_with_scikit_learn():
+@pytest.mark.parametrize("c", [0.1, 10.0])  # the old head's C and the default head's
+def test_newton_solver_agrees_with_scikit_learn(c):
     sklearn = pytest.importorskip("sklearn.linear_model")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 16))
     y = (x[:, 0] + 0.5 * rng.normal(size=120) > 1).astype(float)
     weights = _class_weights(int(y.sum()), int(len(y) - y.sum()))
     order = np.argsort(-y, kind="stable")  # positives first, as _class_weights expects
-    w, b = _fit_logistic(x[order], y[order], weights, 0.1)
-    reference = sklearn.LogisticRegression(C=0.1, tol=1e-10, max_iter=10000).fit(x[order], y[order], weights)
+    w, b = _fit_logistic(x[order], y[order], weights, c)
+    reference = sklearn.LogisticRegression(C=c, tol=1e-10, max_iter=10000).fit(x[order], y[order], weights)
     np.testing.assert_allclose(w, reference.coef_[0], atol=1e-4)
     assert b == pytest.approx(reference.intercept_[0], abs=1e-4)
 
@@ -164,6 +175,59 @@ def test_classifier_needs_examples_to_train():
     vectors = shared_embedder().encode(["only one", "a", "b", "c", "d", "e"])
     with pytest.raises(ValueError, match="at least 2 positive"):
         ConceptClassifier.train(vectors[:1], vectors[1:2], vectors[2:], threshold="auto", target_fpr=0.01)
+
+
+def _trained(embedder, head, examples=None):
+    concept = spiderman_policy().targets[0].concept
+    anchors = embedder.encode([concept.description, *(examples or concept.examples)])
+    counter = embedder.encode(concept.counterexamples)
+    background = embedder.encode(load_background())
+    model = ConceptClassifier.train(anchors, counter, background, threshold="auto", target_fpr=0.01, head=head)
+    return model, background
+
+
+def test_centred_head_scores_vectors_relative_to_the_background_mean():
+    model, background = _trained(shared_embedder(), DEFAULT_HEAD)
+    assert DEFAULT_HEAD.center
+    np.testing.assert_allclose(model.center, background.mean(axis=0), atol=1e-6)
+    # a vector that is only the background mean carries no direction of its own: it scores like generic text
+    mean = background.mean(axis=0, keepdims=True)
+    assert model.scores(mean / np.linalg.norm(mean))[0] < model.threshold
+    raw, _ = _trained(shared_embedder(), PREVIOUS_HEAD)
+    assert not raw.center.any()
+    text = shared_embedder().encode([PARAPHRASES[0]])
+    assert model.scores(text)[0] != pytest.approx(raw.scores(text)[0], abs=1e-3)  # centring changed the model
+
+
+def test_shipped_policy_is_ready_with_the_default_encoder_and_was_not_with_minilm_and_the_old_head():
+    # the complaint: the shipped Spider-Man policy logged "cross-validated recall on examples 0.33"
+    guard = SemanticGuard([spiderman_policy()], shared_embedder(), shared_cache())
+    assert guard.models[0].classifier.cv_recall >= MIN_CV_RECALL
+    assert guard.warnings() == []
+    old, _ = _trained(shared_minilm(), PREVIOUS_HEAD)
+    assert old.cv_recall < MIN_CV_RECALL and not old.ready
+    assert "add examples" in old.readiness().lower() and "counterexamples" in old.readiness()
+
+
+def test_a_concept_whose_examples_do_not_agree_is_not_called_ready():
+    scattered = _POLICY.replace(
+        "examples: [one example, another example]",
+        "examples: [The train was late again., She planted tomatoes in May., Prices rose by two percent., "
+        "The cat slept all afternoon., He fixed the bicycle chain., We watched the sunset from the pier.]",
+    )
+    guard = SemanticGuard([parse(scattered)], shared_embedder(), shared_cache())
+    (warning,) = guard.warnings()
+    assert warning.target_id == "hero" and warning.cv_recall < MIN_CV_RECALL
+    assert "not ready to refuse on" in warning.message and "add examples" in warning.message.lower()
+
+
+def test_classifiers_are_cached_per_encoder():
+    cache = ClassifierCache()
+    e5 = SemanticGuard([spiderman_policy()], shared_embedder(), cache)
+    minilm = SemanticGuard([spiderman_policy()], shared_minilm(), cache)
+    assert minilm.models[0] is not e5.models[0]
+    assert minilm.models[0].classifier.threshold != e5.models[0].classifier.threshold
+    assert SemanticGuard([spiderman_policy()], shared_minilm(), cache).models[0] is minilm.models[0]
 
 
 # ---- policy fields: every bad value names its field ------------------------------------------------------------
