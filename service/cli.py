@@ -63,7 +63,13 @@ def serve(
     # The drain ends what is still open at QUELL_SHUTDOWN_GRACE_S; uvicorn's own cut stays as a backstop behind it.
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5)  # fmt: skip
-    DrainingServer(config, app.state.drain).run()
+    server = DrainingServer(config, app.state.drain)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled; the shutdown is done (as in uvicorn.run)
+        pass
+    if not server.started:
+        raise typer.Exit(3)  # uvicorn's own exit status for a failed start-up (port taken, lifespan error)
 
 
 def _keep_temp_files_in(cache: Path) -> None:
