@@ -139,13 +139,16 @@ class VLLMSupervisor:
         as soon as this start answers (a slow machine must not leave it failed for good beside a healthy vLLM)."""
         timeout = self.settings.vllm_start_timeout_s
         self.state.phase = "starting" if self.state.restarts == 0 else "restarting"
-        self.state.reason = "managed vLLM is starting (about 30-60 s on CPU)"
+        starting = "managed vLLM is starting (about 30-60 s on CPU)"
+        if self.state.restarts and self.state.reason:  # keep saying why it is restarting
+            starting = f"{self.state.reason.split('; restart ')[0]}; restart {self.state.restarts} is starting"
+        self.state.reason = starting
         self.on_down(self.state.reason)
         try:
             await child.wait_ready(timeout)
             return
         except TimeoutError:
-            self.state.reason = (f"managed vLLM not ready after {timeout:.0f} s (QUELL_VLLM_START_TIMEOUT_S); "
+            self.state.reason = (f"{starting}; not ready after {timeout:.0f} s (QUELL_VLLM_START_TIMEOUT_S), "
                                  f"still waiting for it; see {child.log_path}")  # fmt: skip
             self.state.log_tail = child.log_tail()
             self.on_down(self.state.reason)
