@@ -12,6 +12,12 @@ cached: a classifier trained on one embedding space is meaningless in another).
   `load()`.
 - `RemoteEmbedder`: any OpenAI-compatible `/v1/embeddings` server (vLLM serving an embedding model, TEI, ...), so
   a GPU deployment keeps the gateway light.
+
+`Encoder` names the in-process choices; `DEFAULT_ENCODER` (e5-small) is what a deployment gets. Evidence
+(`python -m bench.semantic_eval`, tuning data only): English concepts, the two tie (mean AUROC against neighbours
+0.952 e5 vs 0.947 MiniLM over five targets); English-written concepts against German text with the names removed,
+e5 0.991 vs MiniLM 0.786 (top-1 topic 0.91 vs 0.46, `--crosslingual`). Cost on one core: about the same per single
+window, about 2.5 times MiniLM's time per batch; no torch import, 20 MiB instead of torch's few hundred.
 """
 
 from __future__ import annotations

@@ -85,6 +85,7 @@ def test_scores_report_every_target_flagged_or_not(guard):
 def test_batch_check_equals_single_checks(guard):
     texts = PARAPHRASES + NEIGHBOURS
     batched, single = guard.check_batch(texts), [guard.check(t) for t in texts]
+
     def where(results):
         return [[(d.target_id, d.span) for d in ds] for ds in results]
 

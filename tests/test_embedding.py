@@ -161,12 +161,15 @@ def test_e5_gives_unit_float32_rows_and_keeps_the_dimension(e5):
 def test_e5_ranks_the_model_card_example_like_the_reference_model(e5):
     # intfloat/multilingual-e5-small's card: each query is closest to its own passage (fp32 reference: ~0.9 vs ~0.75)
     queries = e5.encode(["how much protein should a female eat", "南瓜的家常做法"])
-    passages = E5Embedder(prefix="passage").encode([
+    protein = (
         "As a general guideline, the CDC's average requirement of protein for women ages 19 to 70 is 46 grams per "
-        "day. But you'll need to increase that if you're expecting or training for a marathon.",
+        "day. But you'll need to increase that if you're expecting or training for a marathon."
+    )
+    pumpkin = (
         "清炒南瓜丝 原料:嫩南瓜半个 调料:葱、盐、白糖、鸡精 做法: 南瓜用刀薄薄的削去表面一层皮,用勺子刮去瓤, "
-        "擦成细丝, 锅烧热放油,入葱花煸出香味, 入南瓜丝快速翻炒一分钟左右",
-    ])  # fmt: skip
+        "擦成细丝, 锅烧热放油,入葱花煸出香味, 入南瓜丝快速翻炒一分钟左右"
+    )
+    passages = E5Embedder(prefix="passage").encode([protein, pumpkin])
     similarity = queries @ passages.T
     assert similarity[0, 0] > similarity[0, 1] + 0.1
     assert similarity[1, 1] > similarity[1, 0] + 0.1
@@ -174,14 +177,27 @@ def test_e5_ranks_the_model_card_example_like_the_reference_model(e5):
 
 def test_e5_finds_translations_across_languages(e5):
     # what multilingual-e5 is trained for (bitext mining): each sentence's nearest neighbour is its translation
-    english = ["The cat is sleeping on the sofa.", "I need to buy bread and milk.", "The train to Madrid leaves at nine.",
-               "She won the chess tournament last year.", "Wizards cast spells at the school of magic."]  # fmt: skip
-    spanish = ["El gato está durmiendo en el sofá.", "Necesito comprar pan y leche.", "El tren a Madrid sale a las "
-               "nueve.", "Ella ganó el torneo de ajedrez el año pasado.", "Los magos lanzan hechizos en la escuela "
-               "de magia."]  # fmt: skip
-    german = ["Die Katze schläft auf dem Sofa.", "Ich muss Brot und Milch kaufen.", "Der Zug nach Madrid fährt um "
-              "neun ab.", "Sie hat letztes Jahr das Schachturnier gewonnen.", "Zauberer sprechen Zaubersprüche in "
-              "der Zauberschule."]  # fmt: skip
+    english = [
+        "The cat is sleeping on the sofa.",
+        "I need to buy bread and milk.",
+        "The train to Madrid leaves at nine.",
+        "She won the chess tournament last year.",
+        "Wizards cast spells at the school of magic.",
+    ]
+    spanish = [
+        "El gato está durmiendo en el sofá.",
+        "Necesito comprar pan y leche.",
+        "El tren a Madrid sale a las nueve.",
+        "Ella ganó el torneo de ajedrez el año pasado.",
+        "Los magos lanzan hechizos en la escuela de magia.",
+    ]
+    german = [
+        "Die Katze schläft auf dem Sofa.",
+        "Ich muss Brot und Milch kaufen.",
+        "Der Zug nach Madrid fährt um neun ab.",
+        "Sie hat letztes Jahr das Schachturnier gewonnen.",
+        "Zauberer sprechen Zaubersprüche in der Zauberschule.",
+    ]
     en = e5.encode(english)
     for other in (e5.encode(spanish), e5.encode(german)):
         assert list((en @ other.T).argmax(axis=1)) == list(range(len(english)))
