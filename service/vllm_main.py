@@ -20,14 +20,25 @@ import sys
 _real_version = metadata.version
 
 
+def _load_prctl():
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:  # not Linux/glibc: no parent-death signal
+        return None
+
+
+_PRCTL = _load_prctl()
+"""Resolved once, in the parent: between fork and exec a child must not load libraries or import modules (a lock
+another thread held at fork time would never be released)."""
+
+
 def die_with_parent(sig: int = signal.SIGTERM, parent: int | None = None) -> None:
     """Ask the kernel to send `sig` to this process when the thread that started it dies (PR_SET_PDEATHSIG; Linux,
-    a no-op elsewhere). With `parent`: exit at once if that process is already gone (it died before the request)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, sig)  # PR_SET_PDEATHSIG
-    except OSError:
+    a no-op elsewhere). With `parent`: exit at once if that process is already gone (it died before the request).
+    Safe between fork and exec."""
+    if _PRCTL is None:
         return
+    _PRCTL(1, sig)  # PR_SET_PDEATHSIG
     if parent is not None and os.getppid() != parent:
         os._exit(1)
 

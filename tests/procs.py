@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from service.vllm_main import die_with_parent
+
 ROOT = Path(__file__).resolve().parents[1]
 QUELL = str(Path(sys.executable).parent / "quell")
 BACKEND_KEY = f"quell-tests-{secrets.token_urlsafe(16)}"
@@ -32,9 +34,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _own_session_dying_with(parent: int) -> None:  # in the child, between fork and exec
-    from service.vllm_main import die_with_parent
-
+def _own_session_dying_with(parent: int) -> None:  # in the child, between fork and exec: no imports here
     os.setsid()
     die_with_parent(signal.SIGTERM, parent)
 

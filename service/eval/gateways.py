@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 
 from service.eval.configs import RunConfig
+from service.vllm_main import die_with_parent
 
 QUELL = [sys.executable, "-c", "from service.cli import main; main()", "serve"]
 READY_TIMEOUT_S = 300.0
@@ -50,9 +51,7 @@ class Running:
     ready: dict[str, dict]  # config name -> the gateway's /readyz body (which layers it says are active)
 
 
-def _own_session_dying_with(parent: int) -> None:  # in the child, between fork and exec
-    from service.vllm_main import die_with_parent
-
+def _own_session_dying_with(parent: int) -> None:  # in the child, between fork and exec: no imports here
     os.setsid()
     die_with_parent(signal.SIGTERM, parent)
 
