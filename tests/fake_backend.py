@@ -40,7 +40,8 @@ class FakeBackend:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             line = head.split(b"\r\n", 1)[0].decode()
-            length = next((int(h.split(b":", 1)[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")), 0)
+            lengths = [int(h.split(b":", 1)[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")]
+            length = lengths[0] if lengths else 0
             if length:
                 await reader.readexactly(length)
             self.requests.append(line)
