@@ -12,10 +12,11 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from filters.automaton import MatchMode, reader_mode
 from filters.normalize import word_chars
+from filters.protected_text import MIN_QUOTE_WORDS, Corpus, CorpusError, scan_sources
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 MIN_TERM_WORD_CHARS = 3
@@ -177,14 +178,57 @@ class Semantic(_Strict):
     input_scope: InputScope = InputScope.LAST_USER
 
 
+class ProtectedAction(StrEnum):
+    MASK = "mask"  # decode time: the (max_quote_words + 1)-th word cannot be emitted (text fallback: redact the run)
+    STOP = "stop"
+    REFUSE = "refuse"
+
+
+class ProtectedText(_Strict):
+    """A corpus no quote of which may run longer than `max_quote_words` words (`filters.protected_text`).
+    `sources` are files or globs relative to the policy file: .txt, .md, or .jsonl with a `text` field. Loading
+    reads them (context `base_dir`: the policy's folder) and rejects missing, unreadable, binary and empty files."""
+
+    sources: list[str] = Field(min_length=1)
+    max_quote_words: int = Field(le=1000)
+    _corpus: Corpus | None = PrivateAttr(default=None)
+
+    @field_validator("max_quote_words")
+    @classmethod
+    def _long_enough(cls, value: int) -> int:
+        if value < MIN_QUOTE_WORDS:
+            raise ValueError(f"must be at least {MIN_QUOTE_WORDS} (shorter runs are ordinary phrases), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _read_sources(self, info: ValidationInfo) -> ProtectedText:
+        base = (info.context or {}).get("base_dir")
+        if base is None:
+            raise ValueError("sources are read relative to the policy file, and this policy text has no file; "
+                             "load it from the policies folder")  # fmt: skip
+        try:
+            self._corpus = scan_sources(self.sources, base, self.max_quote_words)
+        except CorpusError as exc:
+            raise ValueError(f"sources: {exc}") from None
+        return self
+
+    @property
+    def corpus(self) -> Corpus:
+        if self._corpus is None:
+            raise RuntimeError("protected_text was not validated against its files")
+        return self._corpus
+
+
 class Target(_Strict):
     id: str = Field(pattern=ID_PATTERN)
     terms: list[str] = Field(default_factory=list)
     allow_short: bool = False
     concept: Concept | None = None
+    protected_text: ProtectedText | None = None
     match: TermMatch = TermMatch.READER
     on_surface: SurfaceAction = SurfaceAction.MASK
     on_concept: ConceptAction = ConceptAction.REFUSE
+    on_protected: ProtectedAction = ProtectedAction.MASK
 
     @field_validator("terms")
     @classmethod
@@ -203,8 +247,8 @@ class Target(_Strict):
                     f"terms {short} have fewer than {MIN_TERM_WORD_CHARS} letters or digits and would match inside "
                     "ordinary text; set allow_short: true on this target if that is intended"
                 )
-        if not self.terms and self.concept is None:
-            raise ValueError("a target needs terms, a concept, or both")
+        if not self.terms and self.concept is None and self.protected_text is None:
+            raise ValueError("a target needs terms, a concept, protected_text, or several of them")
         return self
 
 
@@ -234,7 +278,11 @@ class Policy(_Strict):
 
     @cached_property
     def digest(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        data = self.model_dump(mode="json")
+        corpora = [t.protected_text.corpus.digest for t in self.targets if t.protected_text is not None]
+        if corpora:  # the same file names over new text are a new version
+            data["protected_text_corpora"] = corpora
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     @property

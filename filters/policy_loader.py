@@ -47,8 +47,9 @@ class DirectoryLoad:
     errors: dict[Path, list[PolicyIssue]] = field(default_factory=dict)
 
 
-def parse_policy(text: str, source: str = "<text>") -> Policy:
-    """Parse and validate one policy from YAML text; raises PolicyError naming `source`, line and field."""
+def parse_policy(text: str, source: str = "<text>", base_dir: Path | None = None) -> Policy:
+    """Parse and validate one policy from YAML text; raises PolicyError naming `source`, line and field.
+    `base_dir` is the policy's folder: protected-text sources are read relative to it."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -60,7 +61,7 @@ def parse_policy(text: str, source: str = "<text>") -> Policy:
     if not isinstance(data, dict):
         raise PolicyError([PolicyIssue(source, 1, "", "a policy file must be a YAML mapping (id, targets, ...)")])
     try:
-        return Policy.model_validate(data)
+        return Policy.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
         issues = []
         for err in exc.errors():
@@ -74,7 +75,7 @@ def load_policy_file(path: Path) -> Policy:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError([PolicyIssue(str(path), None, "", f"cannot read: {exc}")]) from None
-    return parse_policy(text, str(path))
+    return parse_policy(text, str(path), path.parent)
 
 
 def policy_files(directory: Path) -> list[Path]:
