@@ -23,6 +23,10 @@ vs benign; at the auto threshold recall per slice, neighbour FPR and benign FPR 
 as a diagnostic only, the recall at the threshold where 5% of the neighbours pass (an oracle threshold read off the
 evaluation texts: it says what the encoder could separate, not what the product does).
 
+For the product classifier the run also prints the judge band: how many positives, neighbours and benign texts
+score between the classifier's auto threshold at BAND_FPR (10%) and at the policy's target FPR, i.e. the windows an
+uncertainty-band judge would read, and the most recall a perfect judge could add.
+
 `--sweep-heads` trains every head in HEAD_GRID on the tuning targets only and prints the same numbers per head; that
 is how DEFAULT_HEAD was chosen. Embeddings are cached on disk per encoder (.cache/bench-embeddings), so a second run
 costs seconds. Then CPU cost per encoder: load time, resident memory added, one window, a batch of 16.
@@ -215,6 +219,9 @@ def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 TARGET_FPR = 0.01  # the policy default (concept.target_fpr); --target-fpr changes it for a whole run
+BAND_FPR = 0.10
+"""The uncertainty band a judge would read: windows the classifier scores between its auto threshold for
+BAND_FPR and its auto threshold for TARGET_FPR (both cross-validated on the background, as the product does)."""
 
 
 def methods(target: EvalTarget, embedder, background: np.ndarray, heads: dict[str, Head] | None = None):
@@ -232,6 +239,15 @@ def methods(target: EvalTarget, embedder, background: np.ndarray, heads: dict[st
                                         name=f"{target.id}/{name}", head=head)  # fmt: skip
         out[name] = (model.scores, model.threshold)
     return out
+
+
+def band_edge(target: EvalTarget, embedder, background: np.ndarray) -> float:
+    """The default classifier's auto threshold at BAND_FPR: the lower edge of the judge's uncertainty band."""
+    anchors = embedder.encode([target.description, *target.examples])
+    counter = embedder.encode(target.counterexamples)
+    model = ConceptClassifier.train(anchors, counter, background, threshold="auto", target_fpr=BAND_FPR,
+                                    name=f"{target.id}/band")  # fmt: skip
+    return model.threshold
 
 
 def _pair(flags: np.ndarray) -> list[int]:
@@ -261,6 +277,14 @@ def score_target(target, embedder, background, benign_scorer, sample, heads=None
             "benign_fpr": _pair(b >= threshold),
             "oracle_recall_at_5pct_neighbours": round(float(np.mean(p["en"] > at5)), 3),
         }
+        if name == "classifier" and heads is None:  # what a judge would see, and what a perfect one could add
+            low = band_edge(target, embedder, background)
+            rows[name]["band"] = {
+                "low": round(float(low), 4),
+                **{f"pos_{k}": _pair((v >= low) & (v < threshold)) for k, v in p.items()},
+                **{f"neg_{k}": _pair((v >= low) & (v < threshold)) for k, v in n.items()},
+                "benign": _pair((b >= low) & (b < threshold)),
+            }
     if "embedding" in flags and "classifier" in flags:  # both product layers on: flagged when either flags
         e, c = flags["embedding"], flags["classifier"]
         rows["either"] = {
@@ -429,6 +453,9 @@ def _print(report: dict) -> None:
                        f"oracle@5%nb {r['oracle_recall_at_5pct_neighbours']:.2f}") if "threshold" in r else ""  # fmt: skip
                 print(f"  {encoder:9s} {method:13s} recall {recalls} | FPR {fprs}  benign {_fmt(r['benign_fpr'])}"
                       f"  {auc}")  # fmt: skip
+                if "band" in r:
+                    band = "  ".join(f"{k} {_fmt(v)}" for k, v in r["band"].items() if k != "low")
+                    print(f"  {'':9s} {'judge band':13s} [{r['band']['low']:.3f}, {r['threshold']:.3f}): {band}")
     print("\nsummary (mean over targets of the rates; aim: recall >= 0.8, neighbour FPR <= 0.10, benign FPR <= 0.01)")
     for key, e in report["summary"].items():
         print(f"  {key:28s} recall {e['recall_en']:.3f}  neighbour FPR {e['fpr_neighbours']:.3f}  "
