@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from filters.automaton import MatchMode, TermAutomaton
 from filters.decision import ACTION_RANK, Decision, Layer
 from filters.normalize import word_chars
-from filters.policy import Policy, SurfaceAction
+from filters.policy import Policy, ProtectedAction, SurfaceAction
+from filters.protected_text import ProtectedRule, cached_index
 from filters.text_matcher import find_matches
 
 
@@ -27,10 +28,16 @@ class SurfaceLayer:
         self._rules: dict[str, list[TermRule]] = {}
         by_mode: dict[MatchMode, list[str]] = {mode: [] for mode in MatchMode}
         mask: dict[MatchMode, list[str]] = {mode: [] for mode in MatchMode}
+        protected: list[ProtectedRule] = []
         for policy in policies:
             if direction is not None and direction not in policy.applies_to:
                 continue
             for target in policy.targets:
+                if target.protected_text is not None:  # the index is built once per corpus, then read from disk
+                    corpus = target.protected_text.corpus
+                    index = cached_index(corpus.digest, corpus=corpus)
+                    protected.append(ProtectedRule(policy.ref, target.id, target.on_protected.value, policy.refusal,
+                                                   index))  # fmt: skip
                 rule = TermRule(policy.ref, target.id, target.on_surface, policy.refusal)
                 for term in target.terms:
                     mode = target.match.mode_for(term)
@@ -46,6 +53,11 @@ class SurfaceLayer:
         self.mask_prefix_terms: tuple[str, ...] = tuple(dict.fromkeys(mask[MatchMode.PREFIX] + mask[MatchMode.INSIDE]))
         """Prefix terms, plus the inside terms (a gateway that sends only `quell_terms` and `quell_prefix_terms`
         still masks their word-start forms; `plugin_args` sends each where it belongs)."""
+        self.protected: tuple[ProtectedRule, ...] = tuple(protected)
+        """Protected-text targets (`filters.protected_text`): the text backstop checks all of them."""
+        self.mask_protected: tuple[str, ...] = tuple(dict.fromkeys(
+            r.index.digest for r in protected if r.action == ProtectedAction.MASK))  # fmt: skip
+        """Index ids (content hashes) for the decode-time plugin's `quell_protected`: only `mask` targets."""
 
     def plugin_args(self) -> dict[str, list[str]]:
         """`vllm_xargs` for the decode-time plugin (`filters.vllm_plugin`): each mask term under its mode's key."""
@@ -53,6 +65,7 @@ class SurfaceLayer:
             "quell_terms": list(self.mask_terms),
             "quell_prefix_terms": [t for t in self.mask_prefix_terms if t not in set(self.mask_inside_terms)],
             "quell_inside_terms": list(self.mask_inside_terms),
+            "quell_protected": list(self.mask_protected),
         }
         return {key: terms for key, terms in args.items() if terms}
 

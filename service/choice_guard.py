@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from filters.decision import ACTION_RANK, Decision
 from filters.policy import ConceptAction, StreamMode
+from filters.protected_text import ProtectedStream
 from filters.semantic import SemanticGuard
 from filters.semantic_stream import SemanticStream
 from filters.stream_guard import REDACTION, GuardStep, OutputGuard
@@ -32,6 +33,12 @@ class ChoiceGuard:
     _released: int = 0  # how much of the semantic stream's text went out
     _stopped: bool = False
     _decisions: list[Decision] = field(default_factory=list)
+    protected: ProtectedStream | None = None
+    """Protected-text runs, checked on what the surface stage lets out (built from the surface layer's rules)."""
+
+    def __post_init__(self) -> None:
+        if self.protected is None and self.surface.surface.protected:
+            self.protected = ProtectedStream(self.surface.surface.protected)
 
     @property
     def decisions(self) -> list[Decision]:
@@ -46,11 +53,13 @@ class ChoiceGuard:
         return await self._stage(self._surface(lambda: self.surface.feed(text)), final=False)
 
     async def finish(self) -> GuardStep:
-        return await self._stage(self._surface(self.surface.finish), final=True)
+        return await self._stage(self._surface(self.surface.finish, final=True), final=True)
 
-    def _surface(self, call) -> GuardStep:
+    def _surface(self, call, final: bool = False) -> GuardStep:
         started = time.perf_counter()
         step = call()
+        if self.protected is not None:
+            step = self.protected.pipe(step, final)
         self.surface_seconds += time.perf_counter() - started
         self._decisions += step.decisions
         return step
@@ -90,7 +99,7 @@ class ChoiceGuard:
     async def whole(self, text: str) -> tuple[str, bool]:
         """Guard a complete text: (what the client gets, whether it was cut or refused)."""
         first = self._surface(lambda: self.surface.feed(text))
-        last = self._surface(self.surface.finish)
+        last = self._surface(self.surface.finish, final=True)
         refusal = first.refusal or last.refusal
         if refusal:
             self._stopped = True

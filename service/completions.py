@@ -77,7 +77,8 @@ class GuardedRequest:
         if not self.decode_mask:
             return body
         xargs = dict(body.get("vllm_xargs") or {})
-        ours_by_key = {"quell_terms": self.surface.mask_terms, "quell_prefix_terms": self.surface.mask_prefix_terms}
+        ours_by_key = {"quell_terms": self.surface.mask_terms, "quell_prefix_terms": self.surface.mask_prefix_terms,
+                       "quell_protected": self.surface.mask_protected}  # index content hashes, never the corpus
         for key, ours in ours_by_key.items():
             if ours:  # a client may add terms of its own, never take ours away
                 theirs = xargs.get(key)

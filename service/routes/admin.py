@@ -16,7 +16,7 @@ from filters.policy_loader import PolicyError, PolicyIssue, parse_policy
 from service.audit import AuditStoreError, parse_since
 from service.deps import GatewayDep, OperatorDep
 from service.errors import APIError
-from service.inspect import inspect_text
+from service.inspect import inspect_text, protected_runs
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[OperatorDep])
 _write_lock = asyncio.Lock()
@@ -84,9 +84,9 @@ async def get_policy(policy_id: str, gateway: GatewayDep) -> dict:
 
 
 @router.post("/policies:validate")
-async def validate_policy(request: Request, _body: YamlBody = "") -> JSONResponse:
-    try:
-        policy = parse_policy(await _yaml_text(request), "<request>")
+async def validate_policy(request: Request, gateway: GatewayDep, _body: YamlBody = "") -> JSONResponse:
+    try:  # protected-text sources resolve against the policies folder, where a PUT would write the file
+        policy = parse_policy(await _yaml_text(request), "<request>", gateway.registry.directory)
     except PolicyError as exc:
         return _invalid(exc.issues)
     return JSONResponse({"valid": True, "policy": _summary(policy)})
@@ -98,14 +98,17 @@ async def test_policy(policy_id: str, body: TestRequest, gateway: GatewayDep) ->
     if loaded is None:
         raise APIError(404, f"no policy {policy_id!r}", param="policy_id", code="unknown_policy")
     decisions = await inspect_text(gateway.semantic, [loaded.policy], body.text)
-    return {"policy": loaded.policy.ref, "fired": bool(decisions), "detections": [d.as_dict() for d in decisions]}
+    runs = [{"target": r.rule.target_id, "span": [r.start, r.end], "words": r.words, "source": r.source,
+             "source_word_offset": r.offset} for r in protected_runs([loaded.policy], body.text)]  # fmt: skip
+    return {"policy": loaded.policy.ref, "fired": bool(decisions), "detections": [d.as_dict() for d in decisions],
+            "protected_runs": runs}  # fmt: skip
 
 
 @router.put("/policies/{policy_id}")
 async def put_policy(policy_id: str, request: Request, gateway: GatewayDep, _body: YamlBody = "") -> JSONResponse:
     text = await _yaml_text(request)
     try:
-        policy = parse_policy(text, f"PUT /admin/policies/{policy_id}")
+        policy = parse_policy(text, f"PUT /admin/policies/{policy_id}", gateway.registry.directory)
     except PolicyError as exc:
         return _invalid(exc.issues)
     if policy.id != policy_id:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter
@@ -22,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.deps import GatewayDep, TenantDep
 from service.errors import APIError
-from service.inspect import surface_decisions
+from service.inspect import protected_runs, surface_decisions
 from service.routes.openai import PoliciesHeader
 from service.schemas import QuellOptions
 
@@ -92,6 +93,13 @@ def _result(text: str, found: list, policies: list, detailed: bool) -> dict:
         scores[d.target_id] = 1.0
         detections.append({"policy": d.policy_ref, "target": d.target_id, "layer": "surface", "action": d.action,
                            "score": 1.0, "threshold": 1.0, "span": [d.start, d.end]})  # fmt: skip
+    for run in protected_runs(policies, text):  # a quote longer than the target's max_quote_words
+        categories[run.rule.target_id] = True
+        scores[run.rule.target_id] = 1.0
+        detections.append({"policy": run.rule.policy_ref, "target": run.rule.target_id, "layer": "protected_text",
+                           "action": run.rule.action, "score": 1.0, "threshold": 1.0, "span": [run.start, run.end],
+                           "words": run.words, "source": Path(run.source).name if run.source else None,
+                           "source_word_offset": run.offset})  # fmt: skip
     seen = set()
     for d in sorted(found, key=lambda d: -d.score):
         if (d.target_id, d.layer) in seen:
