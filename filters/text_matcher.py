@@ -115,13 +115,15 @@ def find_matches(automaton: TermAutomaton, text: str) -> list[Match]:
 
 
 def merge_spans(matches: list[Match]) -> Iterator[tuple[int, int]]:
-    """Overlapping or touching match spans merged, in order."""
+    """Overlapping match spans merged, in order. Touching spans stay apart ("PeterParkerSpiderMan" is two matches
+    under the case-change rule): a stream releases the first before it sees the second, and one-shot redaction must
+    say the same."""
     spans = sorted((m.start, m.end) for m in matches)
     if not spans:
         return
     cur_start, cur_end = spans[0]
     for start, end in spans[1:]:
-        if start <= cur_end:
+        if start < cur_end:
             cur_end = max(cur_end, end)
         else:
             yield cur_start, cur_end
