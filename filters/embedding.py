@@ -232,8 +232,9 @@ class E5Embedder(Embedder):
             model = self._load_locked()
             if not texts:
                 return np.zeros((0, int(model.dim)), dtype=np.float32)
-            # the engine reads C strings: a NUL would end the text early, so it becomes a space
-            texts = [t.replace("\x00", " ") for t in texts]
+            # the engine reads NUL-terminated UTF-8: a NUL would end the text early (it becomes a space) and a lone
+            # surrogate cannot be encoded (it becomes "?"), so neither can make a window unreadable
+            texts = [t.replace("\x00", " ").encode("utf-8", "replace").decode("utf-8") for t in texts]
             parts = [
                 np.atleast_2d(model.encode(texts[i : i + self._batch_size], self._is_query))
                 for i in range(0, len(texts), self._batch_size)

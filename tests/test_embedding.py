@@ -158,6 +158,17 @@ def test_e5_gives_unit_float32_rows_and_keeps_the_dimension(e5):
     assert e5.encode([]).shape == (0, 384)
 
 
+def test_e5_reads_text_the_c_engine_could_trip_on(e5):
+    base = "The spider climbed the wall of the old house."
+    nul, surrogate, long, cut = e5.encode(
+        [base.replace("The", "The\x00"), base.replace("old", "old\ud800"), base * 200, "The"]
+    )
+    reference = e5.encode([base])[0]
+    assert nul @ reference > 0.99 and cut @ reference < 0.9  # a NUL does not end the text early
+    assert surrogate @ reference > 0.9
+    assert long @ reference > 0.85  # past 512 tokens the engine windows the text instead of failing
+
+
 def test_e5_ranks_the_model_card_example_like_the_reference_model(e5):
     # intfloat/multilingual-e5-small's card: each query is closest to its own passage (fp32 reference: ~0.9 vs ~0.75)
     queries = e5.encode(["how much protein should a female eat", "南瓜的家常做法"])
