@@ -64,6 +64,16 @@ class ConceptWarning:
     message: str
 
 
+@dataclass(frozen=True)
+class BoundaryText:
+    """A text the classifier scores near its threshold (see SemanticGuard.boundary)."""
+
+    text: str
+    source: Literal["background", "example", "counterexample"]
+    score: float
+    flagged: bool
+
+
 # ---- windows ---------------------------------------------------------------------------------------------------
 
 _SENTENCE_END = re.compile(r"[.!?\u2026\u3002]+[\"'\u201d\u2019)\]]*\s|\n")
@@ -238,6 +248,31 @@ class SemanticGuard:
             for m in self.models
             if m.classifier is not None and not m.classifier.ready
         ]
+
+    def boundary(self, target_id: str, k: int = 8) -> list[BoundaryText]:
+        """For the concept target `target_id`: the shipped background texts and the operator's own examples and
+        counterexamples that its classifier scores nearest its threshold, nearest first (the operator aid of issue
+        14). A background text or counterexample at or above the threshold is generic text the target would block:
+        add counterexamples like it. An example below the threshold is one it would miss: add examples like it."""
+        model = next((m for m in self.models if m.target.id == target_id and m.classifier is not None), None)
+        if model is None:
+            raise KeyError(
+                f"no concept target {target_id!r} with a classifier among {[m.target.id for m in self.models]}"
+            )
+        concept = model.target.concept
+        groups = [("background", list(self._background), self._background_vectors()),
+                  ("example", [concept.description, *concept.examples], None),
+                  ("counterexample", list(concept.counterexamples), None)]  # fmt: skip
+        found: list[BoundaryText] = []
+        threshold = model.classifier.threshold
+        for source, texts, vectors in groups:
+            if not texts:
+                continue
+            scores = model.classifier.scores(vectors if vectors is not None else self.embedder.encode(texts))
+            found.extend(
+                BoundaryText(t, source, float(x), bool(x >= threshold)) for t, x in zip(texts, scores, strict=True)
+            )
+        return sorted(found, key=lambda b: abs(b.score - threshold))[:k]
 
     # ---- scoring -----------------------------------------------------------------------------------------------
 

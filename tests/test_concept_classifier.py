@@ -222,6 +222,24 @@ def test_a_concept_whose_examples_do_not_agree_is_not_called_ready():
     assert "not ready to refuse on" in warning.message and "add examples" in warning.message.lower()
 
 
+def test_boundary_lists_the_texts_nearest_the_threshold(guard):
+    nearest = guard.boundary("spider-man", k=12)
+    assert len(nearest) == 12
+    threshold = guard.models[0].classifier.threshold
+    gaps = [abs(b.score - threshold) for b in nearest]
+    assert gaps == sorted(gaps)
+    assert {b.source for b in nearest} <= {"background", "example", "counterexample"}
+    assert all(b.flagged == (b.score >= threshold) for b in nearest)
+    background = load_background()
+    scores = guard.models[0].classifier.scores(shared_embedder().encode(list(background)))
+    farthest_listed = max(gaps)
+    # nothing left out of the list is nearer the threshold than what is in it
+    assert all(abs(x - threshold) >= farthest_listed - 1e-6 for t, x in zip(background, scores, strict=True)
+               if t not in {b.text for b in nearest})  # fmt: skip
+    with pytest.raises(KeyError, match="batman"):
+        guard.boundary("batman")
+
+
 def test_classifiers_are_cached_per_encoder():
     cache = ClassifierCache()
     e5 = SemanticGuard([spiderman_policy()], shared_embedder(), cache)
