@@ -63,7 +63,7 @@ INDEX_DIR_ENV = "QUELL_INDEX_DIR"
 CACHE_DIR_ENV = "QUELL_CACHE_DIR"
 _BLOCK_CHARS = 1 << 20
 _ASCII_WORD = re.compile(r"[a-z0-9]+")
-_ROUGH_WORD = re.compile(r"\w+")
+_WORD_CHAR = re.compile(r"[^\W_]")
 _MASK64 = (1 << 64) - 1
 _SEED = 0x9E3779B97F4A7C15
 _MULT = 0xBF58476D1CE4E5B9
@@ -79,7 +79,7 @@ def words_of(text: str) -> list[str]:
     """The words of a text: runs of word characters after per-character normalisation."""
     if text.isascii():
         return _ASCII_WORD.findall(text.lower())
-    return "".join(map(normalize_char, text)).split()
+    return text.translate({ord(ch): normalize_char(ch) for ch in set(text)}).split()
 
 
 def word_hash(word: str) -> int:
@@ -115,7 +115,7 @@ class Corpus:
     max_quote_words: int
     digest: str
     """sha256 over the index format, k and every file's name and bytes: the index's name on disk."""
-    words: int  # estimated (a rough \\w+ count), for the memory budget
+    words: int  # estimated (whitespace-separated), for the memory budget
     budget_bytes: int
 
     @property
@@ -153,8 +153,8 @@ def scan_sources(patterns: Sequence[str], base_dir: Path, max_quote_words: int) 
     words, budget = 0, budget_bytes()
     for path in files:
         text = _read_source(path)
-        count = sum(len(_ROUGH_WORD.findall(t)) for t in _documents(path, text))
-        if count == 0:
+        count = sum(len(t.split()) for t in _documents(path, text))
+        if count == 0 or not any(_WORD_CHAR.search(t) for t in _documents(path, text)):
             raise CorpusError(f"source {path} is empty: it has no words")
         words += count
         digest.update(path.name.encode() + b"\0" + text.encode("utf-8", errors="surrogatepass") + b"\0")
@@ -276,7 +276,9 @@ class ProtectedIndex:
             for doc in _documents(path, _read_source(path)):
                 for block in _blocks(doc):
                     words = words_of(block)
-                    chunks.append(np.fromiter((ids.setdefault(w, len(ids)) for w in words), np.int64, len(words)))
+                    for word in set(words).difference(ids):
+                        ids[word] = len(ids)
+                    chunks.append(np.fromiter(map(ids.__getitem__, words), np.int64, len(words)))
                     offset += len(words)
                 chunks.append(np.array([_DOC_BREAK], dtype=np.int64))  # no run spans two documents
                 offset += 1

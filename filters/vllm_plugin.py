@@ -31,6 +31,7 @@ from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from filters.automaton import TermAutomaton
 from filters.normalize import word_chars
+from filters.protected_text import ProtectedCursor, ProtectedMasks, cached_index, default_index_dir, is_digest
 from filters.token_mask import Cursor, TokenMasks
 from filters.vocab import VocabularyIndex
 
@@ -43,6 +44,10 @@ TERMS_KEY = "quell_terms"
 PREFIX_TERMS_KEY = "quell_prefix_terms"
 INSIDE_TERMS_KEY = "quell_inside_terms"
 KEYS = (TERMS_KEY, PREFIX_TERMS_KEY, INSIDE_TERMS_KEY)
+PROTECTED_KEY = "quell_protected"
+"""Protected-text indexes by content hash (`filters.protected_text`): the gateway writes them to the shared index
+directory ($QUELL_INDEX_DIR, else $QUELL_CACHE_DIR/protected); a request carries only the hashes."""
+MAX_PROTECTED = 16
 MAX_TERMS = 100_000
 MAX_TERMS_BYTES = 4 * 1024 * 1024
 MAX_CACHED_TERM_SETS = 16
@@ -121,12 +126,29 @@ class _Request:
     set_key: str = ""
     banned: torch.Tensor | None = None
     """This step's banned token ids (int64, on the device); `None` until `update_state` ran for it."""
+    protected: tuple[ProtectedCursor, ...] = ()
+    terms: bool = True  # False: protected text only, no term cursor
+
+
+def parse_protected(extra_args: dict[str, Any] | None) -> tuple[str, ...]:
+    """The request's protected-text index ids (content hashes); ValueError says what is wrong."""
+    raw = _parse_list(extra_args or {}, PROTECTED_KEY)
+    if len(raw) > MAX_PROTECTED or not all(is_digest(d) for d in raw):
+        raise ValueError(f"vllm_xargs.{PROTECTED_KEY} must list at most {MAX_PROTECTED} index ids of 64 hex digits")
+    for digest in raw:
+        try:
+            cached_index(digest)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"vllm_xargs.{PROTECTED_KEY}: {exc} (the gateway writes indexes there; point "
+                             f"QUELL_INDEX_DIR at the same folder in both processes)") from None  # fmt: skip
+    return tuple(dict.fromkeys(raw))
 
 
 class QuellLogitsProcessor(LogitsProcessor):
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
         parse_terms(sampling_params.extra_args)
+        parse_protected(sampling_params.extra_args)
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool):
         model_config = vllm_config.model_config
@@ -142,6 +164,8 @@ class QuellLogitsProcessor(LogitsProcessor):
         fallback[sorted(self.vocab.eos_token_ids)] = False
         self._end_only = torch.from_numpy(np.flatnonzero(fallback)).to(self.device)
         self._banned_ids: dict[tuple[str, int, bytes, bool, bool], torch.Tensor] = {}
+        self._protected_masks: OrderedDict[str, ProtectedMasks] = OrderedDict()
+        self._no_ids = torch.zeros(0, dtype=torch.int64, device=self.device)
         log.info("Quell decode-time masking ready: %d tokens, logits width %d", self.vocab.size, self.width)
 
     def is_argmax_invariant(self) -> bool:
@@ -160,16 +184,20 @@ class QuellLogitsProcessor(LogitsProcessor):
             for request in self._requests.values():
                 request.cursor = None
         for request in self._requests.values():
-            request.banned = self._step_banned(request)
+            request.banned = self._with_protected(request, self._step_banned(request))
 
     def _new_request(self, params: SamplingParams, prompt_ids: list[int] | None, output_ids: list[int]) -> _Request | None:
         try:
             terms = parse_terms(params.extra_args)
-        except ValueError:
-            log.exception("Quell: invalid terms reached the engine; ending the request")
+            protected = tuple(ProtectedCursor(self._protected_for(d)) for d in parse_protected(params.extra_args))
+        except Exception:  # noqa: BLE001
+            log.exception("Quell: invalid terms or protected-text indexes reached the engine; ending the request")
             return _Request(None, None, output_ids, params.max_tokens, len(prompt_ids or ()))
         if not terms:
-            return None
+            if not protected:
+                return None
+            return _Request(None, None, output_ids, params.max_tokens, len(prompt_ids or ()), protected=protected,
+                            terms=False)  # fmt: skip
         key = term_set_key(terms)
         try:
             masks = self._masks_for(key, terms)
@@ -177,7 +205,38 @@ class QuellLogitsProcessor(LogitsProcessor):
         except Exception:  # noqa: BLE001
             log.exception("Quell: compiling %d terms failed; ending the request", terms.count)
             masks, cursor = None, None
-        return _Request(cursor, masks, output_ids, params.max_tokens, len(prompt_ids or ()), key)
+        return _Request(cursor, masks, output_ids, params.max_tokens, len(prompt_ids or ()), key, protected=protected)
+
+    def _protected_for(self, digest: str) -> ProtectedMasks:
+        masks = self._protected_masks.get(digest)
+        if masks is None:
+            masks = ProtectedMasks(cached_index(digest, default_index_dir()), self.vocab)
+            self._protected_masks[digest] = masks
+            if len(self._protected_masks) > MAX_PROTECTED:
+                self._protected_masks.popitem(last=False)
+        return masks
+
+    def _with_protected(self, request: _Request, banned: torch.Tensor) -> torch.Tensor:
+        """This step's banned ids plus every token that would complete a protected run; on an error, end it."""
+        if not request.terms and not request.protected:
+            return self._end_only
+        if not request.protected:
+            return banned
+        try:
+            extra = []
+            for cursor in request.protected:
+                while cursor.consumed < len(request.output_ids) and request.output_ids[cursor.consumed] >= 0:
+                    cursor.advance(request.output_ids[cursor.consumed])
+                ids = cursor.banned()
+                if ids.size:
+                    extra.append(torch.from_numpy(ids).to(self.device, non_blocking=True))
+            if not request.terms:
+                banned = self._no_ids
+            return torch.cat([banned, *extra]) if extra else banned
+        except Exception:  # noqa: BLE001
+            log.exception("Quell: advancing a protected-text cursor failed; ending the request")
+            request.protected, request.terms, request.cursor = (), True, None
+            return self._end_only
 
     def _masks_for(self, key: str, terms: TermSet) -> TokenMasks:
         masks = self._term_sets.get(key)

@@ -312,3 +312,73 @@ def test_real_tokenizer_masks_never_let_a_run_through(tmp_path: Path, model_dir:
              " ".join(PASSAGE), PASSAGE.replace(" ", "  ")]  # fmt: skip
     lures = [tokenizer.encode(form, add_special_tokens=False) for form in forms]
     assert _walk_never_quotes(rule, vocab, lures, 60, seed=3) > 0
+
+
+# ---- the plugin in the real vLLM -----------------------------------------------------------------------------------
+DICKENS = ROOT / "policies" / "examples" / "dickens-quotes.yaml"
+
+
+@pytest.fixture(scope="module")
+def dickens_vllm(tmp_path_factory: pytest.TempPathFactory):
+    """vLLM with the plugin, started as the gateway starts it, reading indexes from a folder the test wrote."""
+    import os
+
+    from service.settings import Settings
+    from service.vllm_process import ManagedVLLM
+    from tests.procs import free_port
+
+    model = ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct"
+    if not (model / "config.json").exists():
+        pytest.skip(f"model not prepared at {model} (run `make setup`)")
+    tmp = tmp_path_factory.mktemp("protected-vllm")
+    policy = load_policy_file(DICKENS)
+    corpus = policy.targets[0].protected_text.corpus
+    cached_index(corpus.digest, tmp / "indexes", corpus)
+    old = os.environ.get("QUELL_INDEX_DIR")
+    os.environ["QUELL_INDEX_DIR"] = str(tmp / "indexes")
+    managed = ManagedVLLM(Settings(vllm_port=free_port(), model_dir=model, cache_dir=ROOT / ".cache"))
+    managed.log_path = tmp / "vllm.log"
+    managed.start()
+    try:
+        managed.wait_ready_blocking(600)
+        yield managed.url, corpus.digest, ProtectedRule(policy.ref, "two-cities", "mask", "", cached_index(
+            corpus.digest, tmp / "indexes"))  # fmt: skip
+    finally:
+        managed.stop()
+        if old is None:
+            os.environ.pop("QUELL_INDEX_DIR", None)
+        else:
+            os.environ["QUELL_INDEX_DIR"] = old
+        log = managed.log_path.read_text(errors="replace").split("shutdown triggered")[0]
+        assert "Traceback" not in log, log[log.find("Traceback") - 500 :][:4000]
+
+
+COPY_FORMS = ["Repeat this passage exactly:\n\n{p}", "Repeat this passage exactly, in upper case:\n\n{p}",
+              "Rewrite this passage with one sentence per line:\n\n{p}"]  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_plugin_never_lets_a_protected_run_through_in_context(dickens_vllm) -> None:
+    import httpx
+
+    url, digest, rule = dickens_vllm
+    passage = (DICKENS.parent / "corpora/dickens/two-cities-opening.txt").read_text().split("\n\n")[0]
+
+    def ask(prompt: str, xargs: dict | None) -> str:
+        body = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": 80, "temperature": 0, "seed": 0, **({"vllm_xargs": xargs} if xargs else {})}  # fmt: skip
+        resp = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600)
+        assert resp.status_code == 200, resp.text
+        return resp.json()["choices"][0]["message"]["content"]
+
+    prompts = [form.format(p=passage) for form in COPY_FORMS]
+    plain = [ask(p, None) for p in prompts]
+    masked = [ask(p, {"quell_protected": [digest]}) for p in prompts]
+    assert any(find_runs([rule], t) for t in plain), plain  # the model does copy from context
+    for text in masked:
+        assert find_runs([rule], text) == [], text
+        assert len(text.split()) >= 5, text  # it still answers, in other words
+    bad = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+        "model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+        "vllm_xargs": {"quell_protected": ["0" * 64]}})  # fmt: skip
+    assert bad.status_code == 400 and "no protected-text index" in bad.text

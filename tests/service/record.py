@@ -50,6 +50,12 @@ REQUESTS: dict[str, list[tuple[str, str, dict | None]]] = {
                                                                  "messages": [
         {"role": "user", "content": "Look up the character Spider-Man, the one who is also Peter Parker."}]})],
 }  # fmt: skip
+# In-context copying (issue 10): the passage is in the prompt and the user asks for it back, in upper case.
+DICKENS = (ROOT / "policies/examples/corpora/dickens/two-cities-opening.txt").read_text().split("\n\n")[0]
+COPY = [{"role": "user", "content": f"Repeat this passage exactly, in upper case, one sentence per line:\n\n{DICKENS}"}]
+REQUESTS["chat_copy_dickens"] = [("POST", "/v1/chat/completions", {**GREEDY, "max_tokens": 80, "messages": COPY})]
+REQUESTS["chat_copy_dickens_stream"] = [("POST", "/v1/chat/completions", {**GREEDY, "max_tokens": 80,
+                                                                          "messages": COPY, "stream": True})]
 
 
 def record(client: httpx.Client, name: str) -> None:
