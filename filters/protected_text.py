@@ -278,25 +278,32 @@ class ProtectedIndex:
                     words = words_of(block)
                     for word in set(words).difference(ids):
                         ids[word] = len(ids)
-                    chunks.append(np.fromiter(map(ids.__getitem__, words), np.int64, len(words)))
+                    chunks.append(np.fromiter(map(ids.__getitem__, words), np.int32, len(words)))
                     offset += len(words)
-                chunks.append(np.array([_DOC_BREAK], dtype=np.int64))  # no run spans two documents
+                chunks.append(np.array([_DOC_BREAK], dtype=np.int32))  # no run spans two documents
                 offset += 1
-        seq = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+        seq = np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
+        del chunks
         vocab = tuple(ids)
         table = np.fromiter((word_hash(w) for w in vocab), np.uint64, len(vocab))
-        hashes = table[np.where(seq >= 0, seq, 0)]
-        grams = gram_hashes(hashes[:-1], k) if len(seq) > k else np.zeros(0, np.uint64)
+        grams = gram_hashes(table[np.maximum(seq[:-1], 0)], k) if len(seq) > k else np.zeros(0, np.uint64)
         n = len(grams)
-        breaks = np.concatenate([[0], np.cumsum(seq < 0)])  # breaks[i] = document breaks before position i
-        valid = (breaks[k + 1 : k + 1 + n] - breaks[:n]) == 0  # the k words and the next one: no break
-        grams, nexts, positions = grams[valid], seq[k : k + n][valid], np.flatnonzero(valid)
+        # A run starting at i is valid when none of its k words nor the next one is a document break.
+        breaks = np.flatnonzero(seq < 0)
+        edges = np.zeros(n + 1, dtype=np.int32)
+        np.add.at(edges, np.clip(breaks - k, 0, n), 1)
+        np.add.at(edges, np.clip(breaks + 1, 0, n), -1)
+        valid = np.flatnonzero(np.cumsum(edges[:n]) == 0).astype(np.uint32)
+        del edges
+        grams, nexts = grams[valid], seq[k : k + n][valid]
+        del seq
         order = np.lexsort((nexts, grams))
-        grams, nexts, positions = grams[order], nexts[order], positions[order]
+        grams, nexts, positions = grams[order], nexts[order], valid[order]
+        del order, valid
         keep = np.ones(len(grams), dtype=np.bool_)
         keep[1:] = (grams[1:] != grams[:-1]) | (nexts[1:] != nexts[:-1])
-        return cls(corpus.digest, k, grams[keep], nexts[keep].astype(np.uint32), positions[keep].astype(np.uint32),
-                   vocab, tuple(sources))  # fmt: skip
+        return cls(corpus.digest, k, grams[keep], nexts[keep].astype(np.uint32), positions[keep], vocab,
+                   tuple(sources))  # fmt: skip
 
     def save(self, directory: Path) -> Path:
         """Write under `directory/<digest>` atomically (a temp folder renamed into place)."""
