@@ -14,6 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from filters.policy import Policy
+from filters.protected_text import CorpusError, cached_index
 
 POLICY_SUFFIXES = (".yaml", ".yml")
 
@@ -75,7 +76,23 @@ def load_policy_file(path: Path) -> Policy:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError([PolicyIssue(str(path), None, "", f"cannot read: {exc}")]) from None
-    return parse_policy(text, str(path), path.parent)
+    policy = parse_policy(text, str(path), path.parent)
+    _build_indexes(policy, str(path))
+    return policy
+
+
+def _build_indexes(policy: Policy, source: str) -> None:
+    """Build (or find on disk) each protected-text index now, in the loading thread: a reload keeps the last good
+    policy serving while a new corpus is indexed, and the first request never waits for it."""
+    for i, target in enumerate(policy.targets):
+        if target.protected_text is None:
+            continue
+        corpus = target.protected_text.corpus
+        try:
+            cached_index(corpus.digest, corpus=corpus)
+        except (OSError, MemoryError, CorpusError) as exc:
+            raise PolicyError([PolicyIssue(source, None, f"targets[{i}].protected_text",
+                                           f"cannot build the index of {len(corpus.files)} file(s): {exc}")]) from None
 
 
 def policy_files(directory: Path) -> list[Path]:

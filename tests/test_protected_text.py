@@ -35,6 +35,12 @@ PASSAGE = (
 K = 3
 
 
+@pytest.fixture(autouse=True)
+def _index_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a policy builds its index (filters.policy_loader): keep them out of the project's cache."""
+    monkeypatch.setenv("QUELL_INDEX_DIR", str(tmp_path / "indexes"))
+
+
 def _policy(tmp_path: Path, body: str, corpus: dict[str, bytes | str] | None = None) -> Path:
     for name, data in (corpus if corpus is not None else {"corpus/a.txt": PASSAGE}).items():
         path = tmp_path / name
@@ -165,6 +171,7 @@ def test_index_is_cached_on_disk_by_content_hash(tmp_path: Path) -> None:
     from filters import protected_text
 
     corpus = load_policy_file(_policy(tmp_path, _body())).targets[0].protected_text.corpus
+    assert (tmp_path / "indexes" / corpus.digest / "meta.json").is_file()  # loading the policy built it
     built = cached_index(corpus.digest, tmp_path / "idx", corpus)
     assert (tmp_path / "idx" / corpus.digest / "grams.npy").is_file()
     protected_text._LOADED.clear()  # a fresh process: the next call reads the disk copy, no corpus needed
@@ -331,11 +338,10 @@ def dickens_vllm(tmp_path_factory: pytest.TempPathFactory):
     if not (model / "config.json").exists():
         pytest.skip(f"model not prepared at {model} (run `make setup`)")
     tmp = tmp_path_factory.mktemp("protected-vllm")
+    old = os.environ.get("QUELL_INDEX_DIR")
+    os.environ["QUELL_INDEX_DIR"] = str(tmp / "indexes")  # vLLM inherits it; loading the policy writes there
     policy = load_policy_file(DICKENS)
     corpus = policy.targets[0].protected_text.corpus
-    cached_index(corpus.digest, tmp / "indexes", corpus)
-    old = os.environ.get("QUELL_INDEX_DIR")
-    os.environ["QUELL_INDEX_DIR"] = str(tmp / "indexes")
     managed = ManagedVLLM(Settings(vllm_port=free_port(), model_dir=model, cache_dir=ROOT / ".cache"))
     managed.log_path = tmp / "vllm.log"
     managed.start()
