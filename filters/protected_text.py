@@ -273,21 +273,16 @@ class ProtectedIndex:
         offset = 0
         for path in corpus.files:
             sources.append((str(path), offset))
-            for doc in _documents(path, _read_source(path)):
-                for block in _blocks(doc):
-                    words = words_of(block)
-                    for word in set(words).difference(ids):
-                        ids[word] = len(ids)
-                    chunks.append(np.fromiter(map(ids.__getitem__, words), np.int32, len(words)))
-                    offset += len(words)
-                chunks.append(np.array([_DOC_BREAK], dtype=np.int32))  # no run spans two documents
-                offset += 1
+            offset += _word_ids(path, ids, chunks)  # a function, so the file's text is freed when it returns
         seq = np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
         del chunks
         vocab = tuple(ids)
         table = np.fromiter((word_hash(w) for w in vocab), np.uint64, len(vocab))
-        grams = gram_hashes(table[np.maximum(seq[:-1], 0)], k) if len(seq) > k else np.zeros(0, np.uint64)
-        n = len(grams)
+        n = max(len(seq) - k, 0)  # runs of k words that have a next word
+        grams = np.empty(n, dtype=np.uint64)
+        for first in range(0, n, _BLOCK_CHARS):  # in slices, so the temporaries stay small
+            last = min(first + _BLOCK_CHARS, n)
+            grams[first:last] = gram_hashes(table[np.maximum(seq[first : last + k - 1], 0)], k)
         # A run starting at i is valid when none of its k words nor the next one is a document break.
         breaks = np.flatnonzero(seq < 0)
         edges = np.zeros(n + 1, dtype=np.int32)
@@ -343,6 +338,21 @@ class ProtectedIndex:
         return cls(digest, int(meta["k"]), np.load(root / "grams.npy", mmap_mode="r"),
                    np.load(root / "nexts.npy", mmap_mode="r"), np.load(root / "positions.npy", mmap_mode="r"),
                    tuple(text.split("\n")) if text else (), tuple((f, int(o)) for f, o in meta["sources"]))  # fmt: skip
+
+
+def _word_ids(path: Path, ids: dict[str, int], chunks: list[np.ndarray]) -> int:
+    """Append the word ids of one source (a break after each document) to `chunks`; returns how many were added."""
+    added = 0
+    for doc in _documents(path, _read_source(path)):
+        for block in _blocks(doc):
+            words = words_of(block)
+            for word in set(words).difference(ids):
+                ids[word] = len(ids)
+            chunks.append(np.fromiter(map(ids.__getitem__, words), np.int32, len(words)))
+            added += len(words)
+        chunks.append(np.array([_DOC_BREAK], dtype=np.int32))  # no run spans two documents
+        added += 1
+    return added
 
 
 def _blocks(text: str) -> Iterator[str]:
