@@ -106,14 +106,21 @@ def test_swap_to_a_broken_version_keeps_the_last_good_one(mount: KubeletMount) -
 
 
 def test_keys_added_and_removed_by_a_swap(mount: KubeletMount) -> None:
-    registry = PolicyRegistry(mount.root)
+    """A key that a swap removes stays live through the removal grace (a swap looks like that for a moment too),
+    then leaves."""
+    registry = PolicyRegistry(mount.root, removal_grace_s=0.2)
     registry.reload()
     mount.write({"policy.yaml": policy(["Foobar"]), "other.yaml": policy(["Quuxly"], "other")})
     registry.reload()
     assert set(registry.snapshot.policies) == {"demo", "other"}
     mount.write({"other.yaml": policy(["Quuxly"], "other")})
     registry.reload()
-    assert set(registry.snapshot.policies) == {"other"}
+    assert set(registry.snapshot.policies) == {"demo", "other"} and set(registry.snapshot.missing) == {"demo"}
+    deadline = registry.snapshot.missing["demo"]
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+    registry.reload()
+    assert set(registry.snapshot.policies) == {"other"} and not registry.snapshot.missing
 
 
 # ---- the same through the real watcher (watchfiles) -----------------------------------------------------------

@@ -7,7 +7,7 @@ import os
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -20,6 +20,8 @@ from service.inspect import inspect_text, protected_runs
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[OperatorDep])
 _write_lock = asyncio.Lock()
+MAX_AUDIT_PAGE = 10_000
+"""Most audit events one request returns: a larger page is a memory problem for the gateway, not a query."""
 
 YamlBody = Annotated[str, Body(media_type="application/yaml", description="one policy as YAML")]
 
@@ -144,7 +146,7 @@ async def delete_policy(policy_id: str, gateway: GatewayDep) -> dict:
 
 @router.get("/audit")
 async def audit_events(gateway: GatewayDep, since: str | None = None, policy: str | None = None,
-                       limit: int = 100) -> dict:  # fmt: skip
+                       limit: int = Query(100, ge=1, le=MAX_AUDIT_PAGE)) -> dict:  # fmt: skip
     """Suppression decisions, newest first. `since`: 15m, 2h, 7d or an ISO time; `policy`: id or id@version."""
     try:
         start = parse_since(since) if since else None
