@@ -107,8 +107,10 @@ def bench_index(millions: list[float], k: int) -> None:
             print(f"{r['words']:>12,} {r['scan_s']:>7.1f} {r['build_s']:>8.1f} {r['save_s']:>7.1f} "
                   f"{r['peak_rss_mib']:>9.0f} {r['index_mib']:>10.0f} {r['disk_mib']:>9.0f} "
                   f"{r['hit_lookups_per_s']:>9.0f} {r['miss_lookups_per_s']:>10.0f} {r['random_runs_found']:>7}")  # fmt: skip
-            print(f"  per million words: build {(r['scan_s'] + r['build_s']) / m:.1f} s, "
-                  f"peak {r['peak_rss_mib'] / m:.0f} MiB, index {r['index_mib'] / m:.1f} MiB")
+            print(
+                f"  per million words: build {(r['scan_s'] + r['build_s']) / m:.1f} s, "
+                f"peak {r['peak_rss_mib'] / m:.0f} MiB, index {r['index_mib'] / m:.1f} MiB"
+            )
 
 
 # ---- leak --------------------------------------------------------------------------------------------------------
@@ -148,6 +150,7 @@ def bench_leak(n_passages: int, n_controls: int, k: int, max_tokens: int, port: 
         return stream.feed(text).text + stream.finish().text
 
     with vllm_server(port) as url:
+
         def ask(prompt: str, plugin: bool) -> tuple[str, int]:
             body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
                     "temperature": 0, "seed": 0}  # fmt: skip
@@ -174,8 +177,10 @@ def bench_leak(n_passages: int, n_controls: int, k: int, max_tokens: int, port: 
     none, plug, _, _ = results["leak"]
     columns = {"none": none, "plugin": plug, "backstop": [backstop(t) for t in none],
                "plugin+backstop": [backstop(t) for t in plug]}  # fmt: skip
-    print(f"in-context copying: {len(passages)} passages x {len(FORMS)} forms = {len(leaks)} prompts, "
-          f"max_quote_words={k}, max_tokens={max_tokens}")
+    print(
+        f"in-context copying: {len(passages)} passages x {len(FORMS)} forms = {len(leaks)} prompts, "
+        f"max_quote_words={k}, max_tokens={max_tokens}"
+    )
     print(f"{'column':>16} {'leak':>12} {'longest run':>12} {'mean words':>11} " + " ".join(f"{f:>10}" for f in FORMS))
     for col, texts in columns.items():
         runs = [find_runs([rule], t) for t in texts]
@@ -189,9 +194,11 @@ def bench_leak(n_passages: int, n_controls: int, k: int, max_tokens: int, port: 
         none, plug, none_tps, plug_tps = results[name]
         changed = sum(a != b for a, b in zip(none, plug))
         flagged = sum(backstop(t) != t for t in none)
-        print(f"over-blocking on {name} ({len(none)}): plugin changed {changed}/{len(none)}, "
-              f"backstop changed {flagged}/{len(none)}; tokens/s none {none_tps:.1f}, plugin {plug_tps:.1f}, "
-              f"ratio {plug_tps / none_tps:.3f}")
+        print(
+            f"over-blocking on {name} ({len(none)}): plugin changed {changed}/{len(none)}, "
+            f"backstop changed {flagged}/{len(none)}; tokens/s none {none_tps:.1f}, plugin {plug_tps:.1f}, "
+            f"ratio {plug_tps / none_tps:.3f}"
+        )
     example = next((i for i, t in enumerate(columns["none"]) if find_runs([rule], t)), None)
     if example is not None:
         print("\nexample prompt form:", list(FORMS)[example % len(FORMS)])

@@ -443,6 +443,7 @@ class ProtectedStream:
     def pipe(self, step: GuardStep, final: bool) -> GuardStep:
         """Run an earlier stage's released text through this one; `final` (or a stop there) ends the text."""
         from filters.stream_guard import GuardStep  # stream_guard -> surface -> policy -> this module
+
         started = time.perf_counter()
         own = self.feed(step.text)
         if (final or step.stopped) and not own.stopped:

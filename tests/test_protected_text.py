@@ -20,7 +20,6 @@ from filters.protected_text import (
     find_runs,
     gram_hash,
     gram_hashes,
-    scan_sources,
     word_hash,
     words_of,
 )

@@ -87,10 +87,10 @@ def test_json_answer_copying_the_passage_is_redacted(gateway_for, dickens: Path)
 def test_stream_copying_the_passage_is_redacted(gateway_for, dickens: Path) -> None:
     name = _copy_recording("chat_copy_dickens_stream")
     policy = load_policy_file(dickens / "dickens-quotes.yaml")
-    with gateway_for(name) as (client, replay):
-        with client.stream("POST", "/v1/chat/completions", json=replay.request_body(name)) as resp:
-            events = [json.loads(line[5:]) for line in resp.iter_lines() if line.startswith("data:")
-                      and line.strip() != "data: [DONE]"]  # fmt: skip
+    with gateway_for(name) as (client, replay), client.stream("POST", "/v1/chat/completions",
+                                                              json=replay.request_body(name)) as resp:  # fmt: skip
+        events = [json.loads(line[5:]) for line in resp.iter_lines() if line.startswith("data:")
+                  and line.strip() != "data: [DONE]"]  # fmt: skip
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in events if c.get("choices"))
     assert "[redacted]" in text
     assert find_runs(surface_layer([policy]).protected, text) == []
