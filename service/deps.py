@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from service.app import Gateway
 from service.auth import OPEN_TENANT, Tenant, bearer, check_admin
 from service.errors import APIError
+from service.gateway import Gateway
 
 _OPEN = Tenant(OPEN_TENANT, None, frozenset({"*"}), see_detections=True)  # loopback-only development mode
 

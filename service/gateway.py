@@ -1,0 +1,109 @@
+"""The Gateway: everything a request handler needs, built once per process by the app's lifespan.
+
+Its own module so that routes and dependencies can name it without importing the app that includes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from filters.decision import Decision
+from service.audit import AuditEvent, AuditLog
+from service.auth import KeyRing
+from service.backend import Backend
+from service.metrics import Metrics
+from service.policy_registry import PolicyRegistry, PolicySnapshot
+from service.semantic_runtime import SemanticRuntime
+from service.settings import DecodeMask, Settings
+from service.vllm_supervisor import VLLMSupervisor
+
+log = logging.getLogger("quell")
+
+
+@dataclass
+class Gateway:
+    """Everything a request handler needs, built once per process in the lifespan."""
+
+    settings: Settings
+    registry: PolicyRegistry
+    backend: Backend
+    keys: KeyRing
+    metrics: Metrics
+    audit: AuditLog
+    semantic: SemanticRuntime
+    managed: VLLMSupervisor | None = None
+    decode_mask: bool = False
+    connected: bool = False
+    """True once the backend answered and its capability is known; requests get 503 until then."""
+    backend_error: str | None = None
+    """Why the backend cannot be used now (for /readyz and the 503s); None when it can."""
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    def report(self, decisions: list[Decision], text: str, request_id: str, tenant: str) -> None:
+        """Every suppression decision goes to the metrics and, off the response path, to the audit store."""
+        self.metrics.count_decisions(decisions)
+        store = self.settings.audit_store_text
+        self.audit.record(AuditEvent.from_decision(d, request_id=request_id, tenant=tenant, store_text=store, text=text)
+                          for d in decisions)  # fmt: skip
+
+    async def reload_policies(self) -> PolicySnapshot:
+        snapshot = await asyncio.to_thread(self.registry.reload)
+        self.warm_semantic(snapshot)
+        if snapshot.missing:  # no file event will come when the grace ends: look again then
+            delay = max(0.0, min(snapshot.missing.values()) - time.monotonic()) + 0.05
+            self._tasks = [t for t in self._tasks if not t.done()]
+            self._tasks.append(asyncio.ensure_future(self._reload_later(delay)))
+        return snapshot
+
+    async def _reload_later(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        await self.reload_policies()
+
+    def warm_semantic(self, snapshot: PolicySnapshot) -> None:
+        """Train the default policy set's semantic layers now, not on the first request."""
+        policies = snapshot.select(snapshot.default_ids())
+        if self.semantic.relevant(policies, "output") or self.semantic.relevant(policies, "input"):
+            self._tasks = [t for t in self._tasks if not t.done()]  # reloads must not pile up finished warm-ups
+            self._tasks.append(asyncio.ensure_future(self.semantic.guard(policies)))
+
+    @property
+    def capability(self) -> str:
+        return "decode-time" if self.decode_mask else "text-only"
+
+    async def connect_backend(self) -> None:
+        """Wait for the backend (starting the managed one), then find out whether it has the decode-time plugin."""
+        s = self.settings
+        if self.managed is not None:
+            await self.managed.run()  # starts, proves, watches and restarts it; calls managed_up / managed_down
+            return
+        try:
+            while not await self.backend.ready():
+                await asyncio.sleep(1.0)
+            if s.decode_mask is not DecodeMask.OFF:
+                model = (await self.backend.models())[0]
+                self.decode_mask = await self.backend.has_decode_mask(model)
+                if s.decode_mask is DecodeMask.ON and not self.decode_mask:
+                    self.backend_error = "QUELL_DECODE_MASK=on but the backend has no Quell logits processor"
+                    log.error(self.backend_error)
+                    return
+            self.connected = True
+            log.info("backend ready at %s; surface layer: %s", self.backend.base_url, self.capability)
+        except Exception as exc:  # startup failure is reported on /readyz, the process stays up to say so
+            self.backend_error = str(exc)
+            log.error("backend failed to start: %s", exc)
+
+    async def managed_up(self, url: str, key: str | None) -> None:
+        """The managed vLLM answers as ours at `url`: send every request there, with its key."""
+        self.backend.retarget(url, key)
+        self.decode_mask = self.settings.decode_mask is not DecodeMask.OFF  # we started it with the plugin
+        self.backend_error = None
+        self.connected = True
+        log.info("backend ready at %s; surface layer: %s", self.backend.base_url, self.capability)
+
+    def managed_down(self, reason: str) -> None:
+        """The managed vLLM is starting, dead or not ours: requests get a 503 with `reason` until `managed_up`."""
+        self.connected = False
+        self.backend_error = reason
