@@ -115,7 +115,7 @@ class Corpus:
     max_quote_words: int
     digest: str
     """sha256 over the index format, k and every file's name and bytes: the index's name on disk."""
-    words: int  # estimated (whitespace-separated), for the memory budget
+    words: int  # estimated (spaces and line breaks), for the memory budget
     budget_bytes: int
 
     @property
@@ -153,8 +153,8 @@ def scan_sources(patterns: Sequence[str], base_dir: Path, max_quote_words: int) 
     words, budget = 0, budget_bytes()
     for path in files:
         text = _read_source(path)
-        count = sum(len(t.split()) for t in _documents(path, text))
-        if count == 0 or not any(_WORD_CHAR.search(t) for t in _documents(path, text)):
+        count = sum(t.count(" ") + t.count("\n") + 1 for t in _documents(path, text))  # no word list in memory
+        if not any(_WORD_CHAR.search(t) for t in _documents(path, text)):
             raise CorpusError(f"source {path} is empty: it has no words")
         words += count
         digest.update(path.name.encode() + b"\0" + text.encode("utf-8", errors="surrogatepass") + b"\0")
