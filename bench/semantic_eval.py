@@ -3,6 +3,7 @@
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.semantic_eval [--split report|tune|all] [--sample 400]
         [--encoders minilm,e5-small] [--json out.json]
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.semantic_eval --sweep-heads        # tuning targets only
+    HF_HUB_OFFLINE=1 .venv/bin/python -m bench.semantic_eval --crosslingual       # English anchors, German probes
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.semantic_eval --latency-only
 
 Per concept target (bench/semantic_targets.py: eight examples and six counterexamples each, written by hand):
