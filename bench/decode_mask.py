@@ -52,11 +52,11 @@ def vllm_server(port: int) -> Iterator[str]:
 MODE = "reader"
 WARM_BUDGET_S = 0.0
 TEXTS = [
-    "Once upon a time, in a kingdom by the sea, there lived an old dragon who guarded a cave full of gold. Every "
+    ("Once upon a time, in a kingdom by the sea, there lived an old dragon who guarded a cave full of gold. Every "
     "morning the villagers walked past the mountain and wondered whether the beast was still asleep. One day a young "
-    "girl named Mara decided to climb up and see for herself, carrying bread, a rope and her grandfather's lantern.",
-    "Rivers form when rain and melting snow gather in channels. Over thousands of years the water cuts valleys into "
-    "rock, carries sediment downstream and builds deltas where it meets the sea. Tributaries join the main stream.",
+    "girl named Mara decided to climb up and see for herself, carrying bread, a rope and her grandfather's lantern."),
+    ("Rivers form when rain and melting snow gather in channels. Over thousands of years the water cuts valleys into "
+    "rock, carries sediment downstream and builds deltas where it meets the sea. Tributaries join the main stream."),
 ]
 
 
@@ -147,7 +147,7 @@ def plugin_cost(term_sets: dict[int, list[str]], texts: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, default=8160)
+    parser.add_argument("--port", type=int, default=0, help="0: a free port")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--mode", choices=["reader", "word", "prefix", "inside"], default="reader")
@@ -161,7 +161,9 @@ def main() -> None:
     if args.plugin_only:
         plugin_cost(term_sets, TEXTS)
         return
-    with vllm_server(args.port) as url:
+    from bench.leak_attacks import _free_port
+
+    with vllm_server(args.port or _free_port()) as url:
         complete(url, "Hello", 8, None)  # warm-up
         texts = [generated_text(url, prompt, args.tokens) for prompt in PROMPTS[:4]]
         for label, prompts in (("single", PROMPTS[:1]), ("8 concurrent", PROMPTS)):

@@ -61,11 +61,11 @@ class StreamMatcher:
         for ch in text:
             pos = self._pos
             self._pos = pos + 1
-            if fast and not self._live and not self._at_edge and ch.isascii() and ch.isalnum():
-                # inside a word that started no term (a case change would be a word start: take the slow path)
-                if not (self._after_lower and ch.isupper()):
-                    self._after_lower = ch.islower()
-                    continue
+            if (fast and not self._live and not self._at_edge and ch.isascii() and ch.isalnum()
+                    and not (self._after_lower and ch.isupper())):  # fmt: skip
+                # inside a word that started no term (a case change would be a word start: the slow path)
+                self._after_lower = ch.islower()
+                continue
             syms = surface_char(ch)
             if not syms:
                 continue

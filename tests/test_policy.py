@@ -110,10 +110,10 @@ def test_cli_policy_test_reads_like_a_person() -> None:
     """The shipped policy uses the default (reader) contract: glued starts, case changes and leetspeak fire."""
     policy = str(ROOT / "policies" / "spiderman.yaml")
     for text in ("Go #TeamSpiderman!", "xXSp1derM4nXx", "Spidermanizzato", "$pidey rules"):
-        res = subprocess.run([QUELL, "policy", "test", policy, text], capture_output=True, text=True,
+        res = subprocess.run([QUELL, "policy", "test", policy, text], capture_output=True, text=True, check=False,
                              env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})  # fmt: skip
         assert res.returncode == 1 and "spider-man" in res.stdout, (text, res.stdout)
-    quiet = subprocess.run([QUELL, "policy", "test", policy], capture_output=True, text=True,
+    quiet = subprocess.run([QUELL, "policy", "test", policy], capture_output=True, text=True, check=False,
                            input="In 1154 the spider crawled; the man paid $300.")  # fmt: skip
     assert quiet.returncode == 0 and "nothing fired" in quiet.stdout
 

@@ -6,6 +6,7 @@ The oracle here is written independently of the automaton: a regular expression 
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 
@@ -160,7 +161,7 @@ def test_automaton_matcher_and_oracle_agree_under_any_chunking(pieces: list[str]
     points = sorted({c % (len(text) + 1) for c in cuts} | {0, len(text)})
     matcher = StreamMatcher(automaton)
     found = []
-    for a, b in zip(points, points[1:]):
+    for a, b in itertools.pairwise(points):
         found += matcher.feed(text[a:b])
         for m in found:
             assert m.start < len(text)
