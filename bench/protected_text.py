@@ -1,11 +1,15 @@
 """Protected text (issue 10): index cost, and leaks of in-context copying with none / the plugin / the backstop.
 
     .venv/bin/python -m bench.protected_text index [--millions 1,10] [--k 7]
+    .venv/bin/python -m bench.protected_text text [--k 5,7,10]
     flock /tmp/quell-vllm.lock .venv/bin/python -m bench.protected_text leak [--passages 12] [--controls 12]
 
 `index`: a synthetic corpus (words drawn Zipf-like from the benign prompts' vocabulary, so nearly every run is
 new: the worst case for size) of N million words; build time and peak memory (in a fresh process, ru_maxrss), size
 on disk, and look-ups per second (`next_words` on runs taken from the corpus, and on random runs).
+
+`text`: the backstop alone on fixed texts: the Harry Potter passages as the corpus, caught as written and upper-cased
+one sentence per line; over-blocking on public-domain controls and benign prompts (none of them in the index).
 
 `leak`: in-context copying, the way verbatim text really reaches a gateway's users. Passages from
 ../shared/eval-data/verbatim/hp_verbatim_by_book.jsonl (a test set: reported, never tuned on) form the protected
@@ -113,6 +117,31 @@ def bench_index(millions: list[float], k: int) -> None:
             )
 
 
+# ---- text only ---------------------------------------------------------------------------------------------------
+def bench_text(ks: list[int]) -> None:
+    """The backstop's reading of fixed texts: protected passages (as written, and upper-cased one sentence per line)
+    must be caught; public-domain controls and benign prompts, none of them in the index, must not."""
+    from filters.protected_text import ProtectedIndex, ProtectedRule, find_runs, scan_sources
+
+    rows = _rows("verbatim/hp_verbatim_by_book.jsonl", 10_000)
+    shield = [r["prompt"] for r in _rows("verbatim/public_domain_controls_shield.jsonl", 10_000)]
+    benign = [r["prompt"] for r in _rows("benign_prompts.jsonl", 10_000)]
+    passages = [r["reference"] for r in rows]
+    upper = [p.upper().replace(". ", ".\n") for p in passages]
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "c.jsonl").write_text("".join(json.dumps({"text": p}) + "\n" for p in passages), encoding="utf-8")
+        for k in ks:
+            corpus = scan_sources(["c.jsonl"], Path(tmp), k)
+            rule = ProtectedRule("bench@0", "corpus", "mask", "", ProtectedIndex.build(corpus))
+
+            def flagged(texts: list[str], rule: ProtectedRule = rule) -> str:
+                return f"{sum(bool(find_runs([rule], t)) for t in texts)}/{len(texts)}"
+
+            print(f"max_quote_words={k}: caught passages {flagged(passages)}, upper case one sentence per line "
+                  f"{flagged(upper)}; over-blocked public-domain controls {flagged(shield)}, benign prompts "
+                  f"{flagged(benign)}")  # fmt: skip
+
+
 # ---- leak --------------------------------------------------------------------------------------------------------
 def _passages(count: int, words: int = 60) -> list[str]:
     out = []
@@ -215,6 +244,8 @@ def main() -> None:
     idx = sub.add_parser("index")
     idx.add_argument("--millions", default="1,10")
     idx.add_argument("--k", type=int, default=7)
+    text = sub.add_parser("text")
+    text.add_argument("--k", default="5,7,10")
     leak = sub.add_parser("leak")
     leak.add_argument("--passages", type=int, default=12)
     leak.add_argument("--controls", type=int, default=12)
@@ -224,6 +255,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "index":
         bench_index([float(m) for m in args.millions.split(",")], args.k)
+    elif args.what == "text":
+        bench_text([int(k) for k in args.k.split(",")])
     else:
         from tests.procs import free_port
 
