@@ -67,6 +67,7 @@ def test_policy_rewritten_20_times_under_50_streams_never_leaks(serve_gateway, p
     assert all(status == 200 and finished for status, _, finished in results)
     leaked = [text for _, text, _ in results if spells_a_term(text)]
     assert not leaked, f"{len(leaked)} of {len(results)} streams leaked: {leaked[:2]}"
+    print(f"rewrites: {REWRITES} policy rewrites under {len(results)} streams, 0 failed, 0 leaked")
 
 
 def _rss_mib() -> float:
