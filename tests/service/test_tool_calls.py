@@ -62,9 +62,9 @@ def test_json_tool_call_is_removed_when_refused(gateway_for, tools_policy) -> No
 def test_streamed_tool_arguments_never_spell_the_term(gateway_for, tools_policy, action: str) -> None:
     automaton = tools_policy(action)
     body, _ = recorded("chat_tool_call_stream")
-    with gateway_for("chat_tool_call_stream") as (client, _):
-        with client.stream("POST", "/v1/chat/completions", json=body) as resp:
-            chunks = sse_chunks(resp.read().decode())
+    with gateway_for("chat_tool_call_stream") as (client, _), client.stream("POST", "/v1/chat/completions",
+                                                                           json=body) as resp:  # fmt: skip
+        chunks = sse_chunks(resp.read().decode())
     deltas = [c.get("delta") or {} for ch in chunks for c in ch["choices"]]
     arguments = "".join(((t.get("function") or {}).get("arguments") or "") for d in deltas for t in d.get("tool_calls") or [])
     assert not find_matches(automaton, arguments), arguments
