@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xxhash
 
-from filters.decision import Decision, Layer
+from filters.decision import Action, Decision, Layer
 from filters.normalize import SEPARATOR, normalize_char
 from filters.text_matcher import Match, merge_spans, redact
 from filters.vocab import VocabularyIndex, token_text
@@ -502,8 +502,8 @@ class ProtectedStream:
 
     def _decide(self, hits: list[ProtectedRun], final: bool) -> GuardStep:
         decisions = tuple(Decision(h.rule.policy_ref, h.rule.target_id, Layer.SURFACE,
-                                   "redact" if h.rule.action == "mask" else h.rule.action, 1.0, h.start, h.end)
-                          for h in hits)  # fmt: skip
+                                   Action.REDACT if h.rule.action == "mask" else Action(h.rule.action), 1.0, h.start,
+                                   h.end) for h in hits)  # fmt: skip
         terminal = [h for h in hits if h.rule.action in ("stop", "refuse")]
         if terminal:
             self._stopped = True
@@ -648,7 +648,7 @@ class ProtectedMasks:
             # Pending bytes before a token that does not continue them decode as U+FFFD, a separator.
             continuing = set(self._continuing)
             for word in index.next_words(after):
-                banned += [t for t in self._glued.get(word, ()) + self._spaced.get(word, ()) if t not in continuing]
+                banned += [t for t in self._glued.get(word, []) + self._spaced.get(word, []) if t not in continuing]
             banned += [t for t in self._complex if t not in continuing
                        and self._forms_run(previous, current, "\ufffd" + self._texts[t])]  # fmt: skip
             for t in self._continuing:

@@ -308,6 +308,18 @@ def test_decode_mask_bans_exactly_the_completing_word(tmp_path: Path) -> None:
     assert cursor.banned().tolist() == [6]  # "ed" would complete "lived"
 
 
+def test_pending_utf8_bytes_read_as_a_separator_before_the_next_token(tmp_path: Path) -> None:
+    rule = _rule(tmp_path)
+    vocab = VocabularyIndex.from_texts([" the", " boy", " who", b"\xc3", " lived", b"\xad", "ved", "x"])
+    cursor = ProtectedCursor(ProtectedMasks(rule.index, vocab))
+    for token in (0, 1, 2, 3):  # " the boy who" and half of a two-byte character
+        cursor.advance(token)
+    assert cursor.tail == b"\xc3"
+    # the half character becomes U+FFFD (a separator) before any token that does not continue it, so " lived"
+    # completes the run; b"\xad" completes "\u00ed" instead, glued to "who" ("who\u00ed" is no protected word)
+    assert cursor.banned().tolist() == [4]
+
+
 def test_real_tokenizer_masks_never_let_a_run_through(tmp_path: Path, model_dir: Path) -> None:
     from transformers import AutoTokenizer
 
