@@ -56,7 +56,7 @@ class Decision:
     def policy_id(self) -> str:
         return self.policy_ref.split("@", 1)[0]
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, object]:
         out = asdict(self)
         out["layer"] = str(self.layer)
         out["action"] = str(self.action)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from filters.decision import Decision, Layer
+from filters.decision import Action, Decision, Layer
 from filters.policy import SurfaceAction
 from filters.surface import SurfaceLayer
 from filters.text_matcher import Match, StreamMatcher, redact
@@ -72,7 +72,7 @@ class OutputGuard:
             rule = self.surface.strongest(m.term)
             terminal = rule.action in (SurfaceAction.STOP, SurfaceAction.REFUSE)
             # A `mask` term that reaches the text got past the decode mask (or there is none): redact it.
-            action = rule.action.value if terminal else SurfaceAction.REDACT.value
+            action = Action(rule.action.value if terminal else SurfaceAction.REDACT.value)
             decisions.append(Decision(rule.policy_ref, rule.target_id, Layer.SURFACE, action, 1.0, m.start, m.end))
             if terminal:
                 if cut is None or m.start < cut:
