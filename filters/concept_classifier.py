@@ -35,12 +35,15 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar, cast
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKGROUND = Path(__file__).resolve().parent / "data" / "background.txt"
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -211,13 +214,16 @@ class ConceptClassifier:
         return trained
 
 
-def _score(vectors, weights, bias, positives, counterexamples) -> np.ndarray:
+def _score(
+    vectors: np.ndarray, weights: np.ndarray, bias: float, positives: np.ndarray, counterexamples: np.ndarray
+) -> np.ndarray:
     """Probability, times VETO_FACTOR where the window is clearly closer to a counterexample than to any positive."""
     probability = 1.0 / (1.0 + np.exp(-(vectors.astype(np.float32) @ weights + bias)))
     if len(counterexamples):
         closer = (vectors @ counterexamples.T).max(axis=1) - (vectors @ positives.T).max(axis=1) > VETO_MARGIN
         probability = np.where(closer, probability * VETO_FACTOR, probability)
-    return probability.astype(np.float32)
+    scores: np.ndarray = probability.astype(np.float32)
+    return scores
 
 
 def _centred(vectors: np.ndarray, center: np.ndarray, on: bool) -> np.ndarray:
@@ -226,7 +232,8 @@ def _centred(vectors: np.ndarray, center: np.ndarray, on: bool) -> np.ndarray:
         return vectors
     shifted = vectors.astype(np.float32) - center
     norms = np.linalg.norm(shifted, axis=1, keepdims=True)
-    return shifted / np.maximum(norms, 1e-6)
+    unit: np.ndarray = shifted / np.maximum(norms, 1e-6)
+    return unit
 
 
 def _cross_validated_threshold(
@@ -281,15 +288,17 @@ class ClassifierCache:
         self._entries: dict[Hashable, object] = {}
         self._max = max_entries
 
-    def get_or_make(self, key: Hashable, make: Callable[[], object]) -> object:
+    def get_or_make(self, key: Hashable, make: Callable[[], _T]) -> _T:
+        """The value cached under `key`, made by `make` when absent. A key must always name values of one type
+        (callers put the kind in the key, e.g. ("background", ...) or ("target", ...)), so the cast holds."""
         with self._lock:
             if key in self._entries:
-                return self._entries[key]
+                return cast(_T, self._entries[key])
         value = make()  # outside the lock: training can take a while and other keys should not wait
         with self._lock:
             if len(self._entries) >= self._max:
                 self._entries.pop(next(iter(self._entries)))
-            return self._entries.setdefault(key, value)
+            return cast(_T, self._entries.setdefault(key, value))
 
     def __len__(self) -> int:
         return len(self._entries)

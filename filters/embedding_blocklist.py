@@ -39,4 +39,5 @@ class EmbeddingBlocklist:
         """Highest cosine of each row of `vectors` (unit length) to any anchor."""
         if len(vectors) == 0:
             return np.zeros(0, dtype=np.float32)
-        return (vectors @ self.anchors.T).max(axis=1)
+        best: np.ndarray = (vectors @ self.anchors.T).max(axis=1)
+        return best
