@@ -17,7 +17,7 @@ merged) whose score reached the layer's threshold.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -35,6 +35,7 @@ from filters.embedding_blocklist import EmbeddingBlocklist
 from filters.policy import ConceptAction, InputScope, Policy, SemanticLayer, Target, Window, WindowUnit
 
 Direction = Literal["input", "output"]
+BoundarySource = Literal["background", "example", "counterexample"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class BoundaryText:
     """A text the classifier scores near its threshold (see SemanticGuard.boundary)."""
 
     text: str
-    source: Literal["background", "example", "counterexample"]
+    source: BoundarySource
     score: float
     flagged: bool
 
@@ -221,6 +222,8 @@ class SemanticGuard:
 
     def _train(self, policy: Policy, target: Target, background: np.ndarray) -> TargetModel:
         concept = target.concept
+        if concept is None:
+            raise ValueError(f"{policy.ref}: target {target.id!r} has no concept to train on")
         anchors = self.embedder.encode([concept.description, *concept.examples])
         counter = self.embedder.encode(concept.counterexamples) if concept.counterexamples else background[:0]
         negatives = np.vstack([counter, background])
@@ -255,14 +258,16 @@ class SemanticGuard:
         14). A background text or counterexample at or above the threshold is generic text the target would block:
         add counterexamples like it. An example below the threshold is one it would miss: add examples like it."""
         model = next((m for m in self.models if m.target.id == target_id and m.classifier is not None), None)
-        if model is None:
+        if model is None or model.classifier is None or model.target.concept is None:
             raise KeyError(
                 f"no concept target {target_id!r} with a classifier among {[m.target.id for m in self.models]}"
             )
         concept = model.target.concept
-        groups = [("background", list(self._background), self._background_vectors()),
-                  ("example", [concept.description, *concept.examples], None),
-                  ("counterexample", list(concept.counterexamples), None)]  # fmt: skip
+        groups: list[tuple[BoundarySource, list[str], np.ndarray | None]] = [
+            ("background", list(self._background), self._background_vectors()),
+            ("example", [concept.description, *concept.examples], None),
+            ("counterexample", list(concept.counterexamples), None),
+        ]
         found: list[BoundaryText] = []
         threshold = model.classifier.threshold
         for source, texts, vectors in groups:
@@ -292,7 +297,9 @@ class SemanticGuard:
             plan.parts.append(parts)
         return plan
 
-    def _verdicts(self, plan: _Plan, vectors: np.ndarray, models: list[TargetModel], flagged_only: bool):
+    def _verdicts(
+        self, plan: _Plan, vectors: np.ndarray, models: list[TargetModel], flagged_only: bool
+    ) -> list[list[Detection]]:
         results: list[list[Detection]] = []
         for parts in plan.parts:
             found: list[Detection] = []
@@ -345,7 +352,7 @@ class SemanticGuard:
 
     # ---- input screen --------------------------------------------------------------------------------------------
 
-    def check_messages(self, messages: Sequence[dict]) -> list[Detection]:
+    def check_messages(self, messages: Sequence[Mapping[str, object]]) -> list[Detection]:
         """Input screen over chat messages: each input policy reads its `input_scope` (see `input_text`).
 
         Spans index into `input_text(messages, policy.semantic.input_scope)`.
@@ -357,7 +364,7 @@ class SemanticGuard:
             found.extend(self._verdicts(plan, self._encode(plan), guard_models, flagged_only=True)[0])
         return found
 
-    async def check_messages_async(self, messages: Sequence[dict]) -> list[Detection]:
+    async def check_messages_async(self, messages: Sequence[Mapping[str, object]]) -> list[Detection]:
         found: list[Detection] = []
         for scope, guard_models in self._by_scope().items():
             text = input_text(messages, scope)
@@ -373,7 +380,7 @@ class SemanticGuard:
         return groups
 
 
-def message_text(message: dict) -> str:
+def message_text(message: Mapping[str, object]) -> str:
     """The text of an OpenAI chat message: a string, or the `text` parts of a list of content parts."""
     content = message.get("content")
     if isinstance(content, str):
@@ -383,7 +390,7 @@ def message_text(message: dict) -> str:
     return ""
 
 
-def input_text(messages: Sequence[dict], scope: InputScope) -> str:
+def input_text(messages: Sequence[Mapping[str, object]], scope: InputScope) -> str:
     """What the input screen reads: the last user message, or every user and assistant message joined by blank
     lines (system prompts are the operator's, not the user's, and are not screened)."""
     if scope == InputScope.LAST_USER:
@@ -417,7 +424,7 @@ def _detections(
         best = int(np.argmax(scores))
         return [make(scores[best], spans[best])]
     out: list[Detection] = []
-    run_start = run_end = None
+    run_start, run_end = 0, None  # the flagged run being merged; run_start is read only while run_end is set
     run_score = -np.inf
     for score, (start, end) in zip(scores, spans, strict=True):
         if score < threshold:
