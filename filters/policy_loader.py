@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from filters.policy import Policy
 from filters.protected_text import CorpusError, cached_index
@@ -122,7 +123,7 @@ def load_policy_dir(directory: Path) -> DirectoryLoad:
     return result
 
 
-def _dotted(loc: tuple) -> str:
+def _dotted(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -132,7 +133,7 @@ def _dotted(loc: tuple) -> str:
     return out
 
 
-def _message(err: dict) -> str:
+def _message(err: ErrorDetails) -> str:
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
@@ -141,11 +142,11 @@ def _message(err: dict) -> str:
     return msg
 
 
-def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
+def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     """1-based line of the YAML node at `loc`, or of the nearest ancestor that exists."""
     if node is None:
         return None
-    line = node.start_mark.line + 1
+    line: int = node.start_mark.line + 1
     for part in loc:
         if isinstance(node, yaml.MappingNode) and isinstance(part, str):
             for key, value in node.value:
