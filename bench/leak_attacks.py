@@ -52,9 +52,13 @@ FORMATS = [
 TERMS = sorted({term for terms in TARGETS.values() for term in terms})
 
 
-def attacks() -> list[str]:
+NEW_FORMATS = 6
+"""The last formats are the glued, case-change and leetspeak forms of issue 16 (`--new-forms-only`)."""
+
+
+def attacks(formats: list[str] = FORMATS) -> list[str]:
     return [fmt.format(name=name, half=name[: len(name) // 2 + 1], glued=name.replace(" ", "").replace("-", ""))
-            for name in TARGETS for fmt in FORMATS]  # fmt: skip
+            for name in TARGETS for fmt in formats]  # fmt: skip
 
 
 COLUMNS = ("nothing", "bad_words", "plugin-word", "plugin-prefix", "plugin-reader")
@@ -75,9 +79,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0, help="0: a free port")
     parser.add_argument("--columns", default=",".join(COLUMNS))
+    parser.add_argument("--new-forms-only", action="store_true", help=f"only the last {NEW_FORMATS} formats")
     args = parser.parse_args()
     exact, word_edge = TermAutomaton.reader(TERMS), TermAutomaton(TERMS)
-    prompts = attacks()
+    prompts = attacks(FORMATS[-NEW_FORMATS:] if args.new_forms_only else FORMATS)
     port = args.port or _free_port()
     with vllm_server(port) as url:
         for mode in args.columns.split(","):
