@@ -48,7 +48,9 @@ def _summary(policy: Policy) -> dict:
         "id": policy.id, "version": policy.version, "digest": policy.digest, "default": policy.default,
         "applies_to": policy.applies_to,
         "targets": [{"id": t.id, "terms": len(t.terms), "concept": t.concept is not None,
-                     "on_surface": t.on_surface.value, "on_concept": t.on_concept.value} for t in policy.targets],
+                     "on_surface": t.on_surface.value, "on_concept": t.on_concept.value,
+                     "protected_text": t.protected_text.corpus.digest[:12] if t.protected_text else None,
+                     "on_protected": t.on_protected.value} for t in policy.targets],
     }  # fmt: skip
 
 

@@ -45,7 +45,9 @@ def test_admin_test_route_reports_runs(gateway_for) -> None:
     with gateway_for(admin_token="op-token") as (client, _):
         resp = client.post("/admin/policies/dickens-quotes:test", json={"text": QUOTE},
                            headers={"authorization": "Bearer op-token"})  # fmt: skip
+        summary = client.get("/admin/policies/dickens-quotes", headers={"authorization": "Bearer op-token"}).json()
     assert resp.status_code == 200, resp.text
+    assert len(summary["targets"][0]["protected_text"]) == 12 and summary["targets"][0]["on_protected"] == "mask"
     body = resp.json()
     assert body["fired"] and body["protected_runs"][0]["words"] == 12
     assert body["protected_runs"][0]["source"].endswith("two-cities-opening.txt")
