@@ -12,6 +12,7 @@ class Layer(StrEnum):
     SURFACE = "surface"  # gateway text matcher (backstop, or the only surface layer without the plugin)
     EMBEDDING = "embedding"
     CLASSIFIER = "classifier"
+    PROTECTED_TEXT = "protected_text"  # a run of protected corpus words longer than the policy allows
 
 
 class Action(StrEnum):

@@ -501,7 +501,7 @@ class ProtectedStream:
         return hold
 
     def _decide(self, hits: list[ProtectedRun], final: bool) -> GuardStep:
-        decisions = tuple(Decision(h.rule.policy_ref, h.rule.target_id, Layer.SURFACE,
+        decisions = tuple(Decision(h.rule.policy_ref, h.rule.target_id, Layer.PROTECTED_TEXT,
                                    Action.REDACT if h.rule.action == "mask" else Action(h.rule.action), 1.0, h.start,
                                    h.end) for h in hits)  # fmt: skip
         terminal = [h for h in hits if h.rule.action in ("stop", "refuse")]
