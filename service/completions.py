@@ -77,9 +77,7 @@ class GuardedRequest:
         if not self.decode_mask:
             return body
         xargs = dict(body.get("vllm_xargs") or {})
-        ours_by_key = {"quell_terms": self.surface.mask_terms, "quell_prefix_terms": self.surface.mask_prefix_terms,
-                       "quell_protected": self.surface.mask_protected}  # index content hashes, never the corpus
-        for key, ours in ours_by_key.items():
+        for key, ours in self.surface.plugin_args().items():  # protected text: index content hashes, never the corpus
             if ours:  # a client may add terms of its own, never take ours away
                 theirs = xargs.get(key)
                 xargs[key] = list(ours) + ([t for t in theirs if isinstance(t, str)] if isinstance(theirs, list) else [])
