@@ -30,6 +30,7 @@ serve: setup
 	exec $(BIN)/quell serve
 
 test: setup
+	$(BIN)/mypy --strict filters/
 	$(BIN)/python -m pytest
 
 # The long fault, fuzz and load run: the same tests as `make test` runs briefly, with many more cases.

@@ -256,7 +256,8 @@ class TermAutomaton:
         table = self._delta
         width = self.num_classes
         index = states * np.int32(width) if table.size < 2**31 else states.astype(np.int64) * width
-        return table.ravel().take(index + classes)
+        out: np.ndarray = table.ravel().take(index + classes)
+        return out
 
     def fill(self, states: np.ndarray, classes: np.ndarray, known: np.ndarray | None = None) -> None:
         """Compute every unknown transition among the (state, class) pairs given (arrays of equal shape); `known`

@@ -252,11 +252,18 @@ class Target(_Strict):
         return self
 
 
+Direction = Literal["input", "output"]
+
+
+def _output_only() -> list[Direction]:
+    return ["output"]
+
+
 class Policy(_Strict):
     id: str = Field(pattern=ID_PATTERN)
     description: str = ""
     default: bool = False
-    applies_to: list[Literal["input", "output"]] = Field(default_factory=lambda: ["output"], min_length=1)
+    applies_to: list[Direction] = Field(default_factory=_output_only, min_length=1)
     refusal: str = Field(default="Sorry, I can't help with that.", min_length=1)
     targets: list[Target] = Field(min_length=1)
     semantic: Semantic = Field(default_factory=Semantic)

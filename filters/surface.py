@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from filters.automaton import MatchMode, TermAutomaton
-from filters.decision import ACTION_RANK, Decision, Layer
+from filters.decision import ACTION_RANK, Action, Decision, Layer
 from filters.normalize import word_chars
 from filters.policy import Policy, ProtectedAction, SurfaceAction
 from filters.protected_text import ProtectedRule, cached_index
@@ -76,7 +76,8 @@ class SurfaceLayer:
         out = []
         for m in find_matches(self.automaton, text):
             rule = self.strongest(m.term)
-            out.append(Decision(rule.policy_ref, rule.target_id, Layer.SURFACE, rule.action.value, 1.0, m.start, m.end))
+            out.append(Decision(rule.policy_ref, rule.target_id, Layer.SURFACE, Action(rule.action.value), 1.0, m.start,
+                                m.end))  # fmt: skip
         return out
 
     def rules_for(self, term: str) -> list[TermRule]:

@@ -71,7 +71,7 @@ class TermSet(NamedTuple):
         return bool(self.words or self.prefix or self.inside)
 
     @property
-    def count(self) -> int:
+    def size(self) -> int:
         return len(self.words) + len(self.prefix) + len(self.inside)
 
     def automaton(self) -> TermAutomaton:
@@ -203,7 +203,7 @@ class QuellLogitsProcessor(LogitsProcessor):
             masks = self._masks_for(key, terms)
             cursor = Cursor(masks.automaton, masks.vocab)
         except Exception:  # noqa: BLE001
-            log.exception("Quell: compiling %d terms failed; ending the request", terms.count)
+            log.exception("Quell: compiling %d terms failed; ending the request", terms.size)
             masks, cursor = None, None
         return _Request(cursor, masks, output_ids, params.max_tokens, len(prompt_ids or ()), key, protected=protected)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Any
@@ -155,7 +155,7 @@ class VocabularyIndex:
     @cached_property
     def continues_bytes(self) -> np.ndarray:
         """Bool per token: its first byte is a UTF-8 continuation byte, so pending bytes before it change its text."""
-        return np.array([bool(b) and 0x80 <= b[0] <= 0xBF for b in self.token_bytes], dtype=np.bool_)
+        return np.array([bool(b and 0x80 <= b[0] <= 0xBF) for b in self.token_bytes], dtype=np.bool_)
 
     @cached_property
     def alphabet(self) -> tuple[str, ...]:
@@ -193,6 +193,7 @@ class VocabularyIndex:
         vocab: dict[str, int] = backend.get_vocab(with_added_tokens=True)
         added = {entry["id"]: entry for entry in spec.get("added_tokens") or ()}
         kinds = _decoder_kinds(spec.get("decoder"))
+        piece_bytes: Callable[[str], bytes]
         if "ByteLevel" in kinds:
             piece_bytes = byte_level_bytes
         elif "Metaspace" in kinds or "ByteFallback" in kinds:
