@@ -201,13 +201,12 @@ async def _guard_whole_choice(req: GuardedRequest, choice: dict) -> list[ChoiceG
             if channel.key[0] in REASONING_FIELDS and isinstance(message.get("content"), str):
                 message["content"] = ""  # the answer comes after the reasoning that was cut
             message.pop("tool_calls", None)  # a cut tool call must never be run
-    if not decisions:
-        filter_alternatives(choice.get("logprobs"), req.surface.automaton if req.text_backstop else None)
-        return guards
     if changed:
         token_fields.strip(choice)
     else:
         filter_alternatives(choice.get("logprobs"), req.surface.automaton if req.text_backstop else None)
+    if not decisions:
+        return guards
     if refusal is not None:
         _set_refusal(req.kind, choice, False, refusal)
     if stopped or refusal is not None:
