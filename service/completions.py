@@ -16,13 +16,13 @@ from typing import Literal
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from filters.decision import Decision, Layer, content_filter_results
+from filters.output_pipeline import OutputPipeline
 from filters.policy import Policy
 from filters.semantic import SemanticGuard
 from filters.stream_guard import GuardStep, OutputGuard
 from filters.surface import SurfaceLayer
 from service import token_fields
 from service.backend import Backend
-from service.choice_guard import ChoiceGuard
 from service.errors import APIError
 from service.policy_registry import surface_layer
 from service.semantic_runtime import SemanticRuntime
@@ -64,7 +64,7 @@ class GuardedRequest:
         if decisions and self.report is not None:
             self.report(decisions, text)
 
-    def done(self, guards: list[ChoiceGuard]) -> None:
+    def done(self, guards: list[OutputPipeline]) -> None:
         if self.observe_layer is None:
             return
         if self.text_backstop:
@@ -85,10 +85,10 @@ class GuardedRequest:
             body["vllm_xargs"] = xargs
         return body
 
-    def new_guard(self) -> ChoiceGuard:
+    def new_guard(self) -> OutputPipeline:
         layer = self.surface if self.text_backstop else SurfaceLayer([])
         refusals = {p.ref: p.refusal for p in self.policies}
-        return ChoiceGuard(OutputGuard(layer), self.semantic, self.runtime, refusals)
+        return OutputPipeline(OutputGuard(layer), self.semantic, refusals)
 
 
 @dataclass
@@ -173,14 +173,14 @@ async def respond_json(backend: Backend, req: GuardedRequest) -> JSONResponse:
     if resp.status_code >= 400:
         return _relay_error(resp)
     payload = resp.json()
-    guards: list[ChoiceGuard] = []
+    guards: list[OutputPipeline] = []
     for choice in payload.get("choices", []):
         guards += await _guard_whole_choice(req, choice)
     req.done(guards)
     return JSONResponse(payload, headers=req.headers)
 
 
-async def _guard_whole_choice(req: GuardedRequest, choice: dict) -> list[ChoiceGuard]:
+async def _guard_whole_choice(req: GuardedRequest, choice: dict) -> list[OutputPipeline]:
     decisions: list[Decision] = []
     guards, changed, stopped, refusal = [], False, False, None
     for channel in channels(req.kind, choice, streaming=False):
@@ -247,7 +247,7 @@ class StreamedChoice:
     """One choice of a stream: a guard per channel, and its token fields held in step with the released text."""
 
     req: GuardedRequest
-    guards: dict[tuple[str, int], ChoiceGuard] = field(default_factory=dict)
+    guards: dict[tuple[str, int], OutputPipeline] = field(default_factory=dict)
     tokens: StreamedTokens = field(init=False)
     said: list[str] = field(default_factory=list)  # what the model wrote, for the audit's optional hash/snippet
     finished: bool = False

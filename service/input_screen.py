@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from filters.decision import Decision
+from filters.output_pipeline import semantic_decisions
 from filters.policy import InputScope, Policy
 from filters.semantic import input_text
 from service.errors import APIError
@@ -46,7 +47,7 @@ async def screen(kind: str, body: dict, policies: Sequence[Policy], runtime: Sem
         decisions += surface_layer(group, "input").decisions(text)
     guard = await runtime.guard(runtime.relevant(inbound, "input"))
     if guard is not None:
-        decisions += runtime.keep(await guard.check_messages_async(messages))
+        decisions += semantic_decisions(await guard.check_messages_async(messages))
     return decisions, "\n".join(texts)
 
 

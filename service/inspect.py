@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from filters.decision import Decision, Layer
+from filters.output_pipeline import semantic_decisions
 from filters.policy import Policy
 from filters.protected_text import ProtectedRun, find_runs
 from service.policy_registry import surface_layer
@@ -31,5 +32,5 @@ async def inspect_text(runtime: SemanticRuntime | None, policies: Sequence[Polic
     decisions = surface_decisions(policies, text) + [run_decision(r) for r in protected_runs(policies, text)]
     guard = await runtime.guard(policies) if runtime is not None else None
     if guard is not None:
-        decisions += runtime.keep(await guard.check_async(text, direction=None))
+        decisions += semantic_decisions(await guard.check_async(text, direction=None))
     return decisions

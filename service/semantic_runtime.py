@@ -15,10 +15,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from filters.concept_classifier import ClassifierCache
-from filters.decision import Decision, Layer
 from filters.embedding import Embedder, Encoder, RemoteEmbedder
 from filters.policy import Policy
-from filters.semantic import Detection, SemanticGuard
+from filters.semantic import SemanticGuard
 from service.settings import Settings
 
 log = logging.getLogger("quell.semantic")
@@ -32,11 +31,6 @@ def make_embedder(settings: Settings) -> Embedder | None:
     if settings.embeddings_url:
         return RemoteEmbedder(settings.embeddings_url, settings.embeddings_model, api_key=settings.embeddings_api_key)
     return Encoder(settings.embeddings_encoder).embedder()
-
-
-def to_decision(d: Detection) -> Decision:
-    return Decision(d.policy_ref, d.target_id, Layer(d.layer), d.action.value, round(float(d.score), 4),
-                    d.span[0], d.span[1])  # fmt: skip
 
 
 class SemanticRuntime:
@@ -85,8 +79,3 @@ class SemanticRuntime:
         if len(self._guards) > GUARD_CACHE_SIZE:
             self._guards.popitem(last=False)
         return guard
-
-    @staticmethod
-    def keep(detections: Sequence[Detection]) -> list[Decision]:
-        """Detections as decisions (the guard only runs the layers this gateway enables)."""
-        return [to_decision(d) for d in detections]

@@ -100,34 +100,3 @@ def test_stream_copying_the_passage_is_redacted(gateway_for, dickens: Path) -> N
     assert last and last[-1]["choices"][0]["content_filter_results"]["two-cities"]["layer"] == "protected_text"
 
 
-def _guarded(dickens: Path, action: str = "mask") -> GuardedRequest:
-    text = (dickens / "dickens-quotes.yaml").read_text().replace("on_protected: mask", f"on_protected: {action}")
-    (dickens / "dickens-quotes.yaml").write_text(text)
-    policy = load_policy_file(dickens / "dickens-quotes.yaml")
-    return GuardedRequest("chat", {}, [policy], decode_mask=False, text_backstop=True, runtime=None)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("chunk", [1, 4, 1000])
-async def test_choice_guard_redacts_a_copied_passage_whole_and_streamed(dickens: Path, chunk: int) -> None:
-    said = "Sure:\nIT WAS THE BEST OF TIMES,\nIT WAS THE WORST OF TIMES,\nIT WAS THE AGE OF WISDOM.\nDone."
-    req = _guarded(dickens)
-    whole, cut = await req.new_guard().whole(said)
-    guard, streamed = req.new_guard(), ""
-    for i in range(0, len(said), chunk):
-        streamed += (await guard.feed(said[i : i + chunk])).text
-    streamed += (await guard.finish()).text
-    assert whole == streamed == "Sure:\n[redacted].\nDone." and not cut
-    assert {d.target_id for d in guard.decisions} == {"two-cities"}
-
-
-@pytest.mark.anyio
-async def test_choice_guard_refuses_for_a_refuse_target(dickens: Path) -> None:
-    req = _guarded(dickens, "refuse")
-    out, cut = await req.new_guard().whole("Here: it was the best of times, it was the worst of times.")
-    assert cut and out == "Sorry, I can't reproduce that text."

@@ -1,40 +1,54 @@
-"""Every output layer over one choice's text: the surface guard first, then the semantic layers on what it lets out.
+"""The one output pipeline of a choice: every layer that judges model text, in order, turning detections into
+`Decision`s and deciding what the client gets.
 
-Streams and JSON responses go through the same two stages. In a stream the semantic stage holds text back in `safe`
+Stages, each fed only what the stages before it let out:
+1. surface: terms (and anything else compiled into the surface automaton) through `OutputGuard`, the text backstop;
+2. protected text: runs of protected corpus words longer than a target allows (`ProtectedStream`);
+3. semantic: concept windows (`SemanticStream` over a `SemanticGuard`).
+
+Streams and JSON responses go through the same stages. In a stream the semantic stage holds text back in `safe`
 mode until a window holding it passed (`fast`: released at once, the stream is cut on detection), and any blocking
 concept detection ends the stream (a `redact` concept action ends it too: the window's earlier text is already out).
 A JSON response is checked whole, and a concept `redact` replaces the flagged window there.
+
+The service only moves bytes: it builds one pipeline per choice and text channel, feeds it, and sends what comes out.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from filters.decision import ACTION_RANK, Decision
+from filters.decision import Action, Decision, Layer
 from filters.policy import ConceptAction, StreamMode
 from filters.protected_text import ProtectedStream
-from filters.semantic import SemanticGuard
+from filters.semantic import Detection, SemanticGuard
 from filters.semantic_stream import SemanticStream
 from filters.stream_guard import REDACTION, GuardStep, OutputGuard
 from filters.text_matcher import Match, redact
-from service.semantic_runtime import SemanticRuntime
+
+
+def semantic_decisions(detections: Sequence[Detection]) -> list[Decision]:
+    """Concept detections as decisions (scores rounded as clients and audit see them)."""
+    return [Decision(d.policy_ref, d.target_id, Layer(d.layer), Action(d.action.value), round(float(d.score), 4),
+                     d.span[0], d.span[1]) for d in detections]  # fmt: skip
 
 
 @dataclass
-class ChoiceGuard:
+class OutputPipeline:
     surface: OutputGuard
     semantic: SemanticGuard | None
-    runtime: SemanticRuntime
-    refusals: dict[str, str]  # policy ref -> its refusal text
+    refusals: Mapping[str, str]  # policy ref -> its refusal text
     surface_seconds: float = 0.0
+    """Time spent in the text stages (surface and protected text), for the per-layer latency metric."""
     semantic_seconds: float = 0.0
+    protected: ProtectedStream | None = None
+    """Protected-text runs, checked on what the surface stage lets out (built from the surface layer's rules)."""
     _stream: SemanticStream | None = None
     _released: int = 0  # how much of the semantic stream's text went out
     _stopped: bool = False
     _decisions: list[Decision] = field(default_factory=list)
-    protected: ProtectedStream | None = None
-    """Protected-text runs, checked on what the surface stage lets out (built from the surface layer's rules)."""
 
     def __post_init__(self) -> None:
         if self.protected is None and self.surface.surface.protected:
@@ -42,6 +56,7 @@ class ChoiceGuard:
 
     @property
     def decisions(self) -> list[Decision]:
+        """Every decision taken on this choice so far, in the order taken."""
         return self._decisions
 
     @property
@@ -50,12 +65,12 @@ class ChoiceGuard:
 
     # ---- streams -------------------------------------------------------------------------------------------------
     async def feed(self, text: str) -> GuardStep:
-        return await self._stage(self._surface(lambda: self.surface.feed(text)), final=False)
+        return await self._semantic_stage(self._text_stages(lambda: self.surface.feed(text)), final=False)
 
     async def finish(self) -> GuardStep:
-        return await self._stage(self._surface(self.surface.finish, final=True), final=True)
+        return await self._semantic_stage(self._text_stages(self.surface.finish, final=True), final=True)
 
-    def _surface(self, call, final: bool = False) -> GuardStep:
+    def _text_stages(self, call: Callable[[], GuardStep], final: bool = False) -> GuardStep:
         started = time.perf_counter()
         step = call()
         if self.protected is not None:
@@ -64,7 +79,7 @@ class ChoiceGuard:
         self._decisions += step.decisions
         return step
 
-    async def _stage(self, step: GuardStep, final: bool) -> GuardStep:
+    async def _semantic_stage(self, step: GuardStep, final: bool) -> GuardStep:
         if self._stopped:
             return GuardStep("", stopped=True)
         if self.semantic is None:
@@ -80,26 +95,25 @@ class ChoiceGuard:
         if (final or step.stopped) and not stream.blocked:
             found += await stream.finish_async()
         self.semantic_seconds += time.perf_counter() - started
-        decisions = self.runtime.keep(found)
+        decisions = semantic_decisions(found)
         self._decisions += decisions
         out = stream.text[self._released : stream.safe_end]
         self._released = stream.safe_end
-        blocking = [d for d in decisions if d.action != "flag"]
-        refusal = step.refusal or self._refusal(blocking)
+        refusal = step.refusal or self._refusal([d for d in decisions if d.action.blocks])
         stopped = step.stopped or stream.blocked
         if stopped:
             self._stopped = True
         return GuardStep(out, step.decisions + tuple(decisions), stopped, refusal if stopped else None)
 
     def _refusal(self, decisions: list[Decision]) -> str | None:
-        refusing = [d for d in decisions if d.action == "refuse"]
+        refusing = [d for d in decisions if d.action is Action.REFUSE]
         return self.refusals.get(refusing[0].policy_ref) if refusing else None
 
     # ---- whole texts ---------------------------------------------------------------------------------------------
     async def whole(self, text: str) -> tuple[str, bool]:
         """Guard a complete text: (what the client gets, whether it was cut or refused)."""
-        first = self._surface(lambda: self.surface.feed(text))
-        last = self._surface(self.surface.finish, final=True)
+        first = self._text_stages(lambda: self.surface.feed(text))
+        last = self._text_stages(self.surface.finish, final=True)
         refusal = first.refusal or last.refusal
         if refusal:
             self._stopped = True
@@ -110,20 +124,20 @@ class ChoiceGuard:
             self._stopped = stopped
             return out, stopped
         started = time.perf_counter()
-        decisions = self.runtime.keep(await self.semantic.check_async(out))
+        decisions = semantic_decisions(await self.semantic.check_async(out))
         self.semantic_seconds += time.perf_counter() - started
         self._decisions += decisions
-        acting = [d for d in decisions if d.action != "flag"]
+        acting = [d for d in decisions if d.action.blocks]
         if not acting:
             self._stopped = stopped
             return out, stopped
-        strongest = max(acting, key=lambda d: ACTION_RANK[d.action])
-        if strongest.action == "refuse":
+        strongest = max(acting, key=lambda d: d.action.rank)
+        if strongest.action is Action.REFUSE:
             self._stopped = True
             return self.refusals.get(strongest.policy_ref, ""), True
-        if strongest.action == "stop":
+        if strongest.action is Action.STOP:
             self._stopped = True
-            return out[: min(d.start or 0 for d in acting if d.action == "stop")], True
+            return out[: min(d.start or 0 for d in acting if d.action is Action.STOP)], True
         spans = [Match("", d.start or 0, d.end or len(out)) for d in acting]
         self._stopped = stopped
         return redact(out, spans, REDACTION), stopped
