@@ -1,7 +1,9 @@
-"""Forward a (chat) completion to the backend and guard what comes back, JSON or SSE.
+"""Forward a (chat) completion to the backend and run what comes back, JSON or SSE, through the output pipeline.
 
-Per request: take one policy snapshot, compile (cached) its surface layer, ask the backend to mask `mask` terms at
-decode time when it has the plugin, and run every choice's text through an `OutputGuard` (the backstop).
+`handle` is the one function per request: it selects the policies on the current snapshot, screens the input,
+builds an immutable `RequestContext` once, and forwards. The endpoint (`service.endpoints`) says where a choice's
+texts are; every model-written text of every choice gets its own `OutputPipeline` (filters.output_pipeline), which
+decides; this module only moves bytes and fields.
 """
 
 from __future__ import annotations
@@ -9,29 +11,30 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from filters.decision import Decision, Layer, content_filter_results
+from filters.decision import Action, Decision, Layer, content_filter_results
 from filters.output_pipeline import OutputPipeline
 from filters.policy import Policy
 from filters.semantic import SemanticGuard
 from filters.stream_guard import GuardStep, OutputGuard
 from filters.surface import SurfaceLayer
-from service import token_fields
+from service import input_screen, token_fields
+from service.auth import Tenant
 from service.backend import Backend
-from service.errors import APIError
+from service.endpoints import REASONING_FIELDS, Endpoint
+from service.errors import APIError, backend_unavailable
+from service.gateway import Gateway
 from service.policy_registry import surface_layer
-from service.semantic_runtime import SemanticRuntime
+from service.schemas import ChatCompletionRequest, CompletionRequest, check_sendable
 from service.token_fields import StreamedTokens, filter_alternatives
 
 log = logging.getLogger("quell.completions")
 
-Kind = Literal["chat", "completion"]
-PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
 POLICY_HEADER = "x-quell-policies"
 
 
@@ -39,23 +42,63 @@ Report = Callable[[list[Decision], str], None]
 """Called once per choice that a layer acted on, with its decisions and the text they refer to (audit, metrics)."""
 
 
-@dataclass
-class GuardedRequest:
-    kind: Kind
+async def handle(endpoint: Endpoint, request: ChatCompletionRequest | CompletionRequest, gateway: Gateway,
+                 tenant: Tenant, header_policies: str | None) -> JSONResponse | StreamingResponse:  # fmt: skip
+    requested = [p.strip() for p in (header_policies or "").split(",") if p.strip()]
+    if request.quell is not None:
+        requested += request.quell.policies
+    policies = gateway.registry.snapshot.for_tenant(tenant, requested)
+    if not gateway.connected:
+        raise backend_unavailable(gateway.backend_error or "still starting (see /readyz)")
+    models = await gateway.backend.models()
+    if request.model not in models:
+        raise APIError(404, f"model {request.model!r} does not exist; available: {', '.join(models)}",
+                       param="model", code="model_not_found")  # fmt: skip
+    body = request.model_dump(exclude_unset=True, exclude={"quell"})
+    check_sendable(body)
+    if any("output" in p.applies_to and p.targets for p in policies):
+        endpoint.reject_side_channels(body)
+    request_id = uuid.uuid4().hex
+    runtime = gateway.semantic
+
+    def report(decisions: list[Decision], text: str) -> None:
+        gateway.report(decisions, text, request_id, tenant.id)
+
+    with gateway.metrics.time_layer("input_screen"):
+        inbound, screened = await input_screen.screen(endpoint, body, policies, runtime)
+    if inbound:
+        report(inbound, screened)
+    if any(d.action.blocks for d in inbound):
+        raise input_screen.blocked_error(inbound, content_filter_results(inbound))
+    ctx = RequestContext.of(endpoint, body, policies, decode_mask=gateway.decode_mask,
+                            text_backstop=gateway.settings.text_backstop,
+                            semantic=await runtime.guard(runtime.relevant(policies, "output")), request_id=request_id,
+                            report=report, observe_layer=gateway.metrics.observe_layer)  # fmt: skip
+    with gateway.metrics.time_backend(endpoint.name):  # for streams: until the response starts
+        if request.stream:
+            return await respond_stream(gateway.backend, ctx)
+        return await respond_json(gateway.backend, ctx)
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Everything about one request that the forwarding and the output pipelines need, fixed before forwarding."""
+
+    endpoint: Endpoint
     body: dict
-    policies: list[Policy]
+    policies: tuple[Policy, ...]
+    surface: SurfaceLayer
     decode_mask: bool
     text_backstop: bool
-    runtime: SemanticRuntime
     semantic: SemanticGuard | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     report: Report | None = None
     observe_layer: Callable[[str, float], None] | None = None
-    surface: SurfaceLayer = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.surface = surface_layer(self.policies, "output")
-
+    @classmethod
+    def of(cls, endpoint: Endpoint, body: dict, policies: Sequence[Policy], **rest: Any) -> RequestContext:
+        """The context for these policies, with their (cached) output surface layer."""
+        return cls(endpoint, body, tuple(policies), surface_layer(policies, "output"), **rest)
     @property
     def headers(self) -> dict[str, str]:
         return {POLICY_HEADER: ",".join(p.ref for p in self.policies), "x-request-id": self.request_id}
@@ -85,91 +128,14 @@ class GuardedRequest:
             body["vllm_xargs"] = xargs
         return body
 
-    def new_guard(self) -> OutputPipeline:
+    def new_pipeline(self) -> OutputPipeline:
         layer = self.surface if self.text_backstop else SurfaceLayer([])
         refusals = {p.ref: p.refusal for p in self.policies}
         return OutputPipeline(OutputGuard(layer), self.semantic, refusals)
 
 
-@dataclass
-class Channel:
-    """One text the model produced inside a choice: the content, the reasoning, or one tool call's arguments.
-    Each is guarded on its own (a term split across two of them is not one term to a reader)."""
-
-    key: tuple[str, int]
-    holder: dict
-    name: str
-
-    @property
-    def text(self) -> str:
-        value = self.holder.get(self.name)
-        return value if isinstance(value, str) else ""
-
-    def set(self, text: str) -> None:
-        self.holder[self.name] = text
-
-
-REASONING_FIELDS = ("reasoning_content", "reasoning")
-
-
-def channels(kind: Kind, choice: dict, streaming: bool) -> list[Channel]:
-    """Every model-written text of a choice (or of a stream chunk's choice), in the order the model writes them."""
-    if kind == "completion":
-        return [Channel(("text", 0), choice, "text")] if isinstance(choice.get("text"), str) else []
-    holder = choice.get("delta" if streaming else "message")
-    if not isinstance(holder, dict):
-        return []
-    out = [Channel((name, 0), holder, name) for name in REASONING_FIELDS if isinstance(holder.get(name), str)]
-    if isinstance(holder.get("content"), str):
-        out.append(Channel(("content", 0), holder, "content"))
-    for position, call in enumerate(holder.get("tool_calls") or []):
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-            out.append(Channel(("tool", int(call.get("index", position))), function, "arguments"))
-    return out
-
-
-def new_channel(kind: Kind, choice: dict, key: tuple[str, int]) -> Channel:
-    """A channel this stream chunk did not carry, created to release the text its guard still held."""
-    if kind == "completion":
-        return Channel(key, choice, "text")
-    delta = choice.setdefault("delta", {})
-    name, index = key
-    if name == "tool":
-        call = {"index": index, "function": {"arguments": ""}}
-        delta.setdefault("tool_calls", []).append(call)
-        return Channel(key, call["function"], "arguments")
-    return Channel(key, delta, name)
-
-
-def _set_refusal(kind: Kind, choice: dict, streaming: bool, text: str) -> None:
-    """A refused choice says the refusal and nothing else the model wrote."""
-    if kind == "completion":
-        choice["text"] = text
-        return
-    holder = choice.setdefault("delta" if streaming else "message", {})
-    for name in REASONING_FIELDS:
-        holder.pop(name, None)
-    holder.pop("tool_calls", None)
-    holder["content"] = text
-
-
-def reject_side_channels(kind: Kind, body: dict, policies: list[Policy]) -> None:
-    """Prompt logprobs rank what the model would say at each prompt position, before any layer can act: under an
-    output policy they would hand a client the unmasked continuation (`Spider-` -> `Man`). Refuse them."""
-    if not any("output" in p.applies_to and p.targets for p in policies):
-        return
-    if body.get("prompt_logprobs") is not None:
-        raise APIError(400, "prompt_logprobs are not available while output policies apply: they show the "
-                       "unfiltered model's ranking", param="prompt_logprobs", code="unsupported_under_policy")  # fmt: skip
-    if kind == "completion" and body.get("echo") and body.get("logprobs") is not None:
-        raise APIError(400, "echo with logprobs is not available while output policies apply: the prompt's "
-                       "top_logprobs show the unfiltered model's ranking", param="echo",
-                       code="unsupported_under_policy")  # fmt: skip
-
-
-async def respond_json(backend: Backend, req: GuardedRequest) -> JSONResponse:
-    resp = await backend.post(PATHS[req.kind], req.upstream_body())
+async def respond_json(backend: Backend, req: RequestContext) -> JSONResponse:
+    resp = await backend.post(req.endpoint.path, req.upstream_body())
     if resp.status_code >= 400:
         return _relay_error(resp)
     payload = resp.json()
@@ -180,17 +146,17 @@ async def respond_json(backend: Backend, req: GuardedRequest) -> JSONResponse:
     return JSONResponse(payload, headers=req.headers)
 
 
-async def _guard_whole_choice(req: GuardedRequest, choice: dict) -> list[OutputPipeline]:
+async def _guard_whole_choice(req: RequestContext, choice: dict) -> list[OutputPipeline]:
     decisions: list[Decision] = []
     guards, changed, stopped, refusal = [], False, False, None
-    for channel in channels(req.kind, choice, streaming=False):
+    for channel in req.endpoint.channels(choice, streaming=False):
         text = channel.text
-        guard = req.new_guard()
+        guard = req.new_pipeline()
         guards.append(guard)
         out, cut = await guard.whole(text)
         req.decided(guard.decisions, text)
         decisions += guard.decisions
-        if cut and any(d.action == "refuse" for d in guard.decisions):
+        if cut and any(d.action is Action.REFUSE for d in guard.decisions):
             refusal = refusal if refusal is not None else out
         elif out != text:
             channel.set(out)
@@ -208,7 +174,7 @@ async def _guard_whole_choice(req: GuardedRequest, choice: dict) -> list[OutputP
     if not decisions:
         return guards
     if refusal is not None:
-        _set_refusal(req.kind, choice, False, refusal)
+        req.endpoint.set_refusal(choice, False, refusal)
     if stopped or refusal is not None:
         choice["finish_reason"] = "content_filter"
     choice["content_filter_results"] = content_filter_results(decisions)
@@ -231,9 +197,9 @@ def _relay_error(resp) -> JSONResponse:
     return JSONResponse(body, status_code=resp.status_code)
 
 
-async def respond_stream(backend: Backend, req: GuardedRequest) -> StreamingResponse | JSONResponse:
+async def respond_stream(backend: Backend, req: RequestContext) -> StreamingResponse | JSONResponse:
     # Open the upstream stream before answering, so that a backend error becomes a proper HTTP error.
-    cm = backend.stream(PATHS[req.kind], req.upstream_body())
+    cm = backend.stream(req.endpoint.path, req.upstream_body())
     resp = await cm.__aenter__()
     if resp.status_code >= 400:
         await resp.aread()
@@ -246,7 +212,7 @@ async def respond_stream(backend: Backend, req: GuardedRequest) -> StreamingResp
 class StreamedChoice:
     """One choice of a stream: a guard per channel, and its token fields held in step with the released text."""
 
-    req: GuardedRequest
+    req: RequestContext
     guards: dict[tuple[str, int], OutputPipeline] = field(default_factory=dict)
     tokens: StreamedTokens = field(init=False)
     said: list[str] = field(default_factory=list)  # what the model wrote, for the audit's optional hash/snippet
@@ -261,8 +227,8 @@ class StreamedChoice:
 
     async def step(self, choice: dict) -> None:
         """Guard one chunk's choice in place."""
-        kind = self.req.kind
-        present = channels(kind, choice, streaming=True)
+        endpoint = self.req.endpoint
+        present = endpoint.channels(choice, streaming=True)
         self.tokens.take(choice, "".join(c.text for c in present))
         released: list[str] = []
         stopped, refusal, changed = False, None, False
@@ -273,14 +239,14 @@ class StreamedChoice:
             if stopped:  # cut earlier in this chunk: nothing after the cut goes out
                 channel.set("")
                 continue
-            guard = self.guards.setdefault(channel.key, self.req.new_guard())
+            guard = self.guards.setdefault(channel.key, self.req.new_pipeline())
             out = await guard.feed(text) if text else GuardStep("")
             if last and not out.stopped:
                 end = await guard.finish()
                 out = GuardStep(out.text + end.text, out.decisions + end.decisions, end.stopped, end.refusal)
             channel.set(out.text)
             released.append(out.text)
-            changed |= bool(out.decisions) and any(d.action != "flag" for d in out.decisions)
+            changed |= bool(out.decisions) and any(d.action.blocks for d in out.decisions)
             if out.stopped:
                 stopped, refusal = True, out.refusal
         if last and not stopped:  # channels this chunk did not carry may still hold text back
@@ -289,18 +255,17 @@ class StreamedChoice:
                     continue
                 end = await guard.finish()
                 if end.text:
-                    new_channel(kind, choice, key).set(end.text)
+                    endpoint.new_channel(choice, key).set(end.text)
                     released.append(end.text)
-                changed |= any(d.action != "flag" for d in end.decisions)
+                changed |= any(d.action.blocks for d in end.decisions)
                 if end.stopped:
                     stopped, refusal = True, end.refusal
                     break
         self.tokens.give(choice, "".join(released), changed or stopped)
         if stopped:
             if refusal:
-                holder = choice if kind == "completion" else choice.get("delta") or {}
-                before = holder.get("text" if kind == "completion" else "content") or ""
-                _set_refusal(kind, choice, True, before + ("\n\n" if before else "") + refusal)
+                before = endpoint.answer(choice, streaming=True)
+                endpoint.set_refusal(choice, True, before + ("\n\n" if before else "") + refusal)
             choice["finish_reason"] = "content_filter"
         if choice.get("finish_reason") is not None:
             self.finished = True
@@ -310,7 +275,7 @@ class StreamedChoice:
                 self.req.decided(decisions, "".join(self.said))
 
 
-async def _guarded_events(cm, resp, req: GuardedRequest) -> AsyncIterator[bytes]:
+async def _guarded_events(cm, resp, req: RequestContext) -> AsyncIterator[bytes]:
     """Re-emit the backend's SSE events with each choice's text guarded. Closing this generator (the client went
     away) closes the upstream response, and vLLM aborts the generation."""
     streamed: dict[int, StreamedChoice] = {}

@@ -13,29 +13,18 @@ from filters.decision import Decision
 from filters.output_pipeline import semantic_decisions
 from filters.policy import InputScope, Policy
 from filters.semantic import input_text
+from service.endpoints import Endpoint
 from service.errors import APIError
 from service.policy_registry import surface_layer
 from service.semantic_runtime import SemanticRuntime
 
 
-def prompt_messages(kind: str, body: dict) -> list[dict]:
-    """The input as chat messages (a completion prompt becomes one user message per prompt string)."""
-    if kind == "chat":
-        return list(body.get("messages") or [])
-    prompt = body.get("prompt")
-    prompts = [prompt] if isinstance(prompt, str) else prompt
-    if not all(isinstance(p, str) for p in prompts or []):
-        raise APIError(400, "token-id prompts cannot be screened by this gateway's input policies; send text",
-                       param="prompt", code="content_filter_unscreenable")  # fmt: skip
-    return [{"role": "user", "content": p} for p in prompts]
-
-
-async def screen(kind: str, body: dict, policies: Sequence[Policy], runtime: SemanticRuntime) -> tuple[list[Decision], str]:
+async def screen(endpoint: Endpoint, body: dict, policies: Sequence[Policy], runtime: SemanticRuntime) -> tuple[list[Decision], str]:
     """Decisions on the input, and the text they were made on (for the audit)."""
     inbound = [p for p in policies if "input" in p.applies_to]
     if not inbound:
         return [], ""
-    messages = prompt_messages(kind, body)
+    messages = endpoint.prompt_messages(body)
     decisions: list[Decision] = []
     texts: list[str] = []
     for scope in InputScope:
@@ -52,7 +41,7 @@ async def screen(kind: str, body: dict, policies: Sequence[Policy], runtime: Sem
 
 
 def blocked_error(decisions: list[Decision], content_filter_results: dict) -> APIError:
-    first = next(d for d in decisions if d.action != "flag")
+    first = next(d for d in decisions if d.action.blocks)
     return APIError(400, f"the prompt was blocked by policy {first.policy_ref} (target {first.target_id}, layer "
                          f"{first.layer})", param="messages", code="content_filter",
                     extra={"content_filter_results": content_filter_results})  # fmt: skip

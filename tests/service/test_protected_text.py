@@ -11,7 +11,8 @@ import pytest
 
 from filters.policy_loader import load_policy_file
 from filters.protected_text import find_runs
-from service.completions import GuardedRequest
+from service.completions import RequestContext
+from service.endpoints import CHAT
 from service.policy_registry import surface_layer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,8 +56,7 @@ def test_admin_test_route_reports_runs(gateway_for) -> None:
 
 def test_upstream_request_carries_the_index_hash_not_the_corpus(dickens: Path) -> None:
     policy = load_policy_file(dickens / "dickens-quotes.yaml")
-    req = GuardedRequest("chat", {"messages": [], "model": "m"}, [policy], decode_mask=True, text_backstop=True,
-                         runtime=None)  # type: ignore[arg-type]  # fmt: skip
+    req = RequestContext.of(CHAT, {"messages": [], "model": "m"}, [policy], decode_mask=True, text_backstop=True)
     body = req.upstream_body()
     digest = policy.targets[0].protected_text.corpus.digest
     assert body["vllm_xargs"] == {"quell_protected": [digest]}

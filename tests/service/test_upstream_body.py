@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from filters.policy_loader import load_policy_file
-from service.completions import GuardedRequest
-from service.semantic_runtime import SemanticRuntime
+from service.completions import RequestContext
+from service.endpoints import CHAT
 from tests.procs import ROOT
 
 
-def _request(body: dict, decode_mask: bool = True) -> GuardedRequest:
+def _request(body: dict, decode_mask: bool = True) -> RequestContext:
     policy = load_policy_file(ROOT / "policies" / "spiderman.yaml")
-    return GuardedRequest("chat", body, [policy], decode_mask, True, SemanticRuntime(None, frozenset()))
+    return RequestContext.of(CHAT, body, [policy], decode_mask=decode_mask, text_backstop=True)
 
 
 def test_reader_terms_reach_the_plugin_by_mode_and_client_terms_are_added_not_replacing() -> None:
