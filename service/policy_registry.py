@@ -7,13 +7,16 @@ a request in flight.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections import OrderedDict
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+from cachetools import LRUCache, cached
 
 from filters.policy import Policy
 from filters.policy_loader import PolicyIssue, load_policy_dir
@@ -78,22 +81,23 @@ class PolicySnapshot:
                            type="server_error", code="policy_not_loaded") from None  # fmt: skip
 
 
-_SURFACE_CACHE: OrderedDict[tuple[tuple[str, ...], str | None], SurfaceLayer] = OrderedDict()
-_SURFACE_CACHE_SIZE = 64
+def _surface_key(policies: Sequence[Policy], direction: str | None = "output") -> tuple:
+    return tuple(sorted(p.digest for p in policies)), direction
 
 
-def surface_layer(policies: list[Policy], direction: str | None = "output") -> SurfaceLayer:
+@cached(LRUCache(maxsize=64), key=_surface_key, lock=threading.Lock())
+def surface_layer(policies: Sequence[Policy], direction: str | None = "output") -> SurfaceLayer:
     """Compiled once per distinct set of policy versions (keyed by content digests), LRU-bounded."""
-    key = (tuple(sorted(p.digest for p in policies)), direction)
-    layer = _SURFACE_CACHE.get(key)
-    if layer is None:
-        layer = SurfaceLayer(policies, direction)
-        _SURFACE_CACHE[key] = layer
-        if len(_SURFACE_CACHE) > _SURFACE_CACHE_SIZE:
-            _SURFACE_CACHE.popitem(last=False)
-    else:
-        _SURFACE_CACHE.move_to_end(key)
-    return layer
+    return SurfaceLayer(policies, direction)
+
+
+class VersionConflict(Exception):
+    """A write was based on a version that is no longer the live one."""
+
+    def __init__(self, policy_id: str, expected: str, live: str | None):
+        super().__init__(f"policy {policy_id!r} changed since version {expected}: the live version is "
+                         f"{live or 'none (removed)'}; reload it and apply your edit again")  # fmt: skip
+        self.live = live
 
 
 class PolicyRegistry:
@@ -170,10 +174,38 @@ class PolicyRegistry:
             self._missing_since[policy_id] = float("-inf")  # no grace for a removal the operator asked for
         return self.reload()
 
+    def write(self, policy_id: str, text: str, expected_version: str | None = None) -> Path:
+        """Write a policy's file atomically (readers see the old file or the new, never half of one); the caller
+        validated `text` and reloads after. With `expected_version`, refuse (VersionConflict) unless that version is
+        the live one, checked under the same lock as the write, so of two operators editing one version only the
+        first one's save lands."""
+        with self._lock:
+            loaded = self._snapshot.policies.get(policy_id)
+            live = loaded.policy.version if loaded is not None else None
+            if expected_version is not None and expected_version != live:
+                raise VersionConflict(policy_id, expected_version, live)
+            path = loaded.file if loaded is not None else self.directory / f"{policy_id}.yaml"
+            _atomic_write(path, text)
+            return path
+
     def file_for(self, policy_id: str) -> Path:
         """Where a policy lives (or would live if new)."""
         loaded = self._snapshot.policies.get(policy_id)
         return loaded.file if loaded is not None else self.directory / f"{policy_id}.yaml"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write to a temp file in the same directory, fsync, rename over the target."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 async def watch(directory: Path, reload: Callable[[], Awaitable[object]], debounce_ms: int) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
+
+from cachetools import LRUCache
 
 from filters.concept_classifier import ClassifierCache
 from filters.embedding import Embedder, Encoder, RemoteEmbedder
@@ -38,7 +39,7 @@ class SemanticRuntime:
         self.embedder = embedder
         self.layers = layers
         self._cache = ClassifierCache()
-        self._guards: OrderedDict[tuple[str, ...], SemanticGuard] = OrderedDict()
+        self._guards: LRUCache[tuple[str, ...], SemanticGuard] = LRUCache(maxsize=GUARD_CACHE_SIZE)
         self._building: dict[tuple[str, ...], asyncio.Future] = {}
 
     @property
@@ -59,7 +60,6 @@ class SemanticRuntime:
         key = tuple(sorted(p.digest for p in policies))
         guard = self._guards.get(key)
         if guard is not None:
-            self._guards.move_to_end(key)
             return guard
         building = self._building.get(key)
         if building is None:  # one build per policy set, however many requests wait for it
@@ -76,6 +76,4 @@ class SemanticRuntime:
         log.info("semantic layers ready for %s in %.2f s", ", ".join(p.ref for p in policies),
                  time.perf_counter() - started)  # fmt: skip
         self._guards[key] = guard
-        if len(self._guards) > GUARD_CACHE_SIZE:
-            self._guards.popitem(last=False)
         return guard

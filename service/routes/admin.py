@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -17,6 +15,7 @@ from service.audit import AuditStoreError, parse_since
 from service.deps import GatewayDep, OperatorDep
 from service.errors import APIError
 from service.inspect import inspect_text, protected_runs
+from service.policy_registry import VersionConflict
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[OperatorDep])
 _write_lock = asyncio.Lock()
@@ -109,7 +108,9 @@ async def test_policy(policy_id: str, body: TestRequest, gateway: GatewayDep) ->
 
 
 @router.put("/policies/{policy_id}")
-async def put_policy(policy_id: str, request: Request, gateway: GatewayDep, _body: YamlBody = "") -> JSONResponse:
+async def put_policy(policy_id: str, request: Request, gateway: GatewayDep, _body: YamlBody = "",
+                     if_match: Annotated[str | None, Header(description="the version this edit started from; "
+                                                            "409 if another save landed since")] = None) -> JSONResponse:  # fmt: skip
     text = await _yaml_text(request)
     try:
         policy = parse_policy(text, f"PUT /admin/policies/{policy_id}", gateway.registry.directory)
@@ -119,9 +120,12 @@ async def put_policy(policy_id: str, request: Request, gateway: GatewayDep, _bod
         issue = PolicyIssue("<request>", 1, "id", f"the body says id {policy.id!r} but the URL says {policy_id!r}")
         return _invalid([issue])
     async with _write_lock:  # one writer at a time in this process; rename is atomic across processes anyway
-        path = gateway.registry.file_for(policy_id)
+        path = gateway.registry.file_for(policy_id)  # named in the error if the write fails
         try:
-            await asyncio.to_thread(_atomic_write, path, text)
+            path = await asyncio.to_thread(gateway.registry.write, policy_id, text, _version(if_match))
+        except VersionConflict as exc:
+            raise APIError(409, str(exc), param="If-Match", code="version_conflict",
+                           extra={"live_version": exc.live}) from None  # fmt: skip
         except OSError as exc:
             raise APIError(409, f"cannot write {path}: {exc.strerror} (a read-only mount such as a ConfigMap? "
                                 "edit the source instead)", code="policies_read_only") from None  # fmt: skip
@@ -129,6 +133,13 @@ async def put_policy(policy_id: str, request: Request, gateway: GatewayDep, _bod
     live = snapshot.policies.get(policy_id)
     return JSONResponse({"valid": True, "policy": _summary(policy), "file": str(path),
                          "active_version": live.policy.version if live else None})  # fmt: skip
+
+
+def _version(if_match: str | None) -> str | None:
+    """An If-Match value as a policy version (quotes and a weak-tag prefix allowed, as HTTP clients send them)."""
+    if if_match is None:
+        return None
+    return if_match.strip().removeprefix("W/").strip('"') or None
 
 
 @router.delete("/policies/{policy_id}")
@@ -169,17 +180,3 @@ async def reload_policies(gateway: GatewayDep) -> dict:
     snapshot = await gateway.reload_policies()
     return {"policies": [lp.policy.ref for lp in snapshot.policies.values()],
             "errors": [e for issues in snapshot.errors.values() for e in _issues(issues)]}  # fmt: skip
-
-
-def _atomic_write(path, text: str) -> None:
-    """Write to a temp file in the same directory, fsync, rename over the target: readers see old or new, never half."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
