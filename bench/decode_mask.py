@@ -161,9 +161,9 @@ def main() -> None:
     if args.plugin_only:
         plugin_cost(term_sets, TEXTS)
         return
-    from bench.leak_attacks import _free_port
+    from service.processes import free_port
 
-    with vllm_server(args.port or _free_port()) as url:
+    with vllm_server(args.port or free_port()) as url:
         complete(url, "Hello", 8, None)  # warm-up
         texts = [generated_text(url, prompt, args.tokens) for prompt in PROMPTS[:4]]
         for label, prompts in (("single", PROMPTS[:1]), ("8 concurrent", PROMPTS)):

@@ -21,6 +21,7 @@ from bench.decode_mask import MODEL, vllm_server, xargs
 from filters.automaton import TermAutomaton
 from filters.text_matcher import find_matches
 from service.eval.judge import term_read
+from service.processes import free_port
 
 TARGETS = {
     "Spider-Man": ["Spider-Man", "Spiderman", "Peter Parker"],
@@ -83,7 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     exact, word_edge = TermAutomaton.reader(TERMS), TermAutomaton(TERMS)
     prompts = attacks(FORMATS[-NEW_FORMATS:] if args.new_forms_only else FORMATS)
-    port = args.port or _free_port()
+    port = args.port or free_port()
     with vllm_server(port) as url:
         for mode in args.columns.split(","):
             with ThreadPoolExecutor(max_workers=8) as pool:
@@ -96,13 +97,6 @@ def main() -> None:
             for prompt, output in read[:4]:
                 print(f"                {prompt!r} -> {output[:90]!r}")
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 if __name__ == "__main__":

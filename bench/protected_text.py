@@ -258,7 +258,7 @@ def main() -> None:
     elif args.what == "text":
         bench_text([int(k) for k in args.k.split(",")])
     else:
-        from tests.procs import free_port
+        from service.processes import free_port
 
         bench_leak(args.passages, args.controls, args.k, args.max_tokens, args.port or free_port())
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import errno
+import functools
 import logging
 import os
 import secrets
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import httpx
 
+from service.processes import free_port, own_session_dying_with
 from service.settings import Settings
-from service.vllm_main import die_with_parent
 
 log = logging.getLogger("quell.vllm")
 
@@ -45,17 +45,6 @@ class PortInUse(RuntimeError):
 
 class NotOurServer(RuntimeError):
     """Something answers on the managed vLLM's port, but it is not the child we started."""
-
-
-def _child_setup(parent: int) -> None:  # runs in the child between fork and exec
-    os.setsid()
-    die_with_parent(signal.SIGTERM, parent)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def check_port_free(port: int) -> None:
@@ -140,7 +129,7 @@ class ManagedVLLM:
             log.info("starting managed vLLM on %s (log: %s)", self.url, self.log_path)
             self.process = subprocess.Popen(
                 self.command(), env=self.environment(), stdout=log_file, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, preexec_fn=functools.partial(_child_setup, os.getpid()),
+                stdin=subprocess.DEVNULL, preexec_fn=functools.partial(own_session_dying_with, os.getpid()),
             )  # fmt: skip
 
     @property

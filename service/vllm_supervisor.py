@@ -20,8 +20,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from service.metrics import Metrics
+from service.processes import free_port
 from service.settings import Settings
-from service.vllm_process import ManagedVLLM, NotOurServer, PortInUse, check_port_free, free_port
+from service.vllm_process import ManagedVLLM, NotOurServer, PortInUse, check_port_free
 
 log = logging.getLogger("quell.vllm")
 

@@ -8,35 +8,22 @@ would otherwise be a secret of its gateway); tests of the per-start random key p
 
 from __future__ import annotations
 
-import functools
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
+from service import processes
+from service.processes import free_port, stop, wait_ready
 
-from service.vllm_main import die_with_parent
+__all__ = ["free_port", "stop", "wait_ready"]  # the one process helper, re-exported for the tests
 
 ROOT = Path(__file__).resolve().parents[1]
 QUELL = str(Path(sys.executable).parent / "quell")
 BACKEND_KEY = f"quell-tests-{secrets.token_urlsafe(16)}"
 """The managed vLLM's key in test gateways, and the key test gateways send to a `QUELL_BACKEND_URL`."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _own_session_dying_with(parent: int) -> None:  # in the child, between fork and exec: no imports here
-    os.setsid()
-    die_with_parent(signal.SIGTERM, parent)
 
 
 def start_gateway(log_path: Path, *args: str, env: dict[str, str] | None = None, private_tmp: Path | None = None,
@@ -52,25 +39,7 @@ def start_gateway(log_path: Path, *args: str, env: dict[str, str] | None = None,
             full_env.pop(inherited, None)
         command = ["unshare", "--mount", "--", "sh", "-c", 'mount --bind "$0" /tmp && exec "$@"', str(private_tmp),
                    *command]  # fmt: skip
-    log = log_path.open("wb")
-    proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
-                            preexec_fn=functools.partial(_own_session_dying_with, os.getpid()))  # fmt: skip
-    log.close()
-    return proc
-
-
-def wait_ready(base_url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"gateway not ready after {timeout_s} s:\n{log_path.read_text()[-3000:]}")
+    return processes.start(command, log_path, full_env, cwd=ROOT)
 
 
 def vllm_pids(port: int) -> list[int]:
@@ -133,14 +102,3 @@ def processes_in_group(pgid: int) -> list[int]:
     from service.vllm_process import live_group_members
 
     return live_group_members(pgid)
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode

@@ -12,34 +12,20 @@ handed to the gateways in their environment, so that the `--backend-url` gateway
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
+from service import processes
 from service.eval.configs import RunConfig
-from service.vllm_main import die_with_parent
+from service.processes import QUELL_SERVE, free_port
 
-QUELL = [sys.executable, "-c", "from service.cli import main; main()", "serve"]
 READY_TIMEOUT_S = 300.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -51,36 +37,6 @@ class Running:
     ready: dict[str, dict]  # config name -> the gateway's /readyz body (which layers it says are active)
 
 
-def _own_session_dying_with(parent: int) -> None:  # in the child, between fork and exec: no imports here
-    os.setsid()
-    die_with_parent(signal.SIGTERM, parent)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _wait_ready(base: str, proc: subprocess.Popen, log: Path) -> dict:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway {base} exited with {proc.returncode}; log {log}:\n{log.read_text()[-2000:]}")
-        try:
-            resp = httpx.get(f"{base}/readyz", timeout=2)
-            if resp.status_code == 200:
-                return resp.json()
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"gateway {base} not ready after {READY_TIMEOUT_S:.0f} s; log {log}")
-
-
 @contextmanager
 def _gateway(config: RunConfig, env: dict[str, str], args: Sequence[str],
              logs: Path) -> Iterator[tuple[str, int, dict]]:  # fmt: skip
@@ -88,15 +44,13 @@ def _gateway(config: RunConfig, env: dict[str, str], args: Sequence[str],
     log = logs / f"gateway-{config.name}.log"
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **env, **config.env, "QUELL_PORT": str(port),
                 "QUELL_AUDIT_URL": f"sqlite:///{logs.parent / f'audit-{config.name}.db'}"}  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen([*QUELL, *args], env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                preexec_fn=functools.partial(_own_session_dying_with, os.getpid()))  # fmt: skip
+    proc = processes.start([*QUELL_SERVE, *args], log, full_env)
     base = f"http://127.0.0.1:{port}"
     try:
-        ready = _wait_ready(base, proc, log)
+        ready = processes.wait_ready(base, proc, log, READY_TIMEOUT_S)
         yield base, proc.pid, ready
     finally:
-        _stop(proc)
+        processes.stop(proc)
 
 
 @contextmanager
