@@ -33,10 +33,12 @@ test: setup
 	$(BIN)/mypy --strict filters/
 	$(BIN)/python -m pytest
 
-# The long fault, fuzz and load run: the same tests as `make test` runs briefly, with many more cases.
+# The long fault, fuzz and load run: the same tests as `make test` runs briefly, with many more cases, and the
+# `soak`-marked tests (a second signal down a shutdown path another test covers).
 soak: setup
-	QUELL_FUZZ_EXAMPLES=400 QUELL_LOAD_REQUESTS=2000 $(BIN)/python -m pytest -s \
-	  tests/service/test_fuzz.py tests/service/test_faults_under_load.py
+	QUELL_SOAK=1 QUELL_FUZZ_EXAMPLES=400 QUELL_LOAD_REQUESTS=2000 $(BIN)/python -m pytest -s \
+	  tests/service/test_fuzz.py tests/service/test_faults_under_load.py tests/e2e/test_lifecycle.py \
+	  tests/e2e/test_eval_lifecycle.py
 
 bench: setup
 	$(BIN)/python -m bench

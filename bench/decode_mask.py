@@ -5,7 +5,8 @@ Run: .venv/bin/python -m bench.decode_mask [--port 8160] [--tokens 128] [--repea
 `--mode` sends the terms as the gateway does for a policy with that `match:` (reader: the default).
 One vLLM (CPU build, plugin loaded) serves every configuration in the same run. The baseline is a request without
 `quell_terms` on the same server (the plugin is loaded but leaves it untouched). Each configuration runs a cold pass
-(masks not cached yet) and a warm pass (same prompts again); configurations are interleaved with the baseline and
+(masks not cached yet), a warm pass (same prompts again) and a primed pass (a new set, first sent in one single-token
+request as the gateway does after every policy load, then `--prime-wait` seconds: what a user's first request meets); configurations are interleaved with the baseline and
 repeated (`--repeats`) because the host is shared, and the median ratio is printed. It also replays the generated
 token ids through `TokenMasks`/`Cursor` plus one `index_fill_` in-process: the plugin's own CPU time per decode step,
 which does not depend on what else runs on the host. Prints numbers only; no assertions.
@@ -154,6 +155,8 @@ def main() -> None:
     parser.add_argument("--plugin-only", action="store_true", help="only the in-process plugin cost (no vLLM)")
     parser.add_argument("--warm-budget", type=float, default=0.0,
                         help="seconds of start-state masks to precompute per term set before timing (0: none)")
+    parser.add_argument("--prime-wait", type=float, default=5.0,
+                        help="seconds between the gateway's single-token priming request and the first timed one")
     args = parser.parse_args()
     global MODE, WARM_BUDGET_S
     MODE, WARM_BUDGET_S = args.mode, args.warm_budget
@@ -168,18 +171,26 @@ def main() -> None:
         texts = [generated_text(url, prompt, args.tokens) for prompt in PROMPTS[:4]]
         for label, prompts in (("single", PROMPTS[:1]), ("8 concurrent", PROMPTS)):
             for count, terms in term_sets.items():
-                cold_ratios, warm_ratios, bases = [], [], []
+                cold_ratios, primed_ratios, warm_ratios, bases = [], [], [], []
                 for repeat in range(args.repeats):
                     base = throughput(url, prompts, args.tokens, None)
                     # a fresh term set per repeat (one extra term) makes the first pass cold again
                     fresh = terms + [f"Zzcold{repeat}x"]
                     cold = throughput(url, prompts, args.tokens, fresh)
                     warm = throughput(url, prompts, args.tokens, fresh)
+                    # what a user's first request meets after a policy load: the gateway has sent the set once in a
+                    # single-token request (Gateway.warm_decode_masks) and the plugin warmed it meanwhile
+                    primed_set = terms + [f"Zzprimed{repeat}x"]
+                    complete(url, "Hello", 1, primed_set)
+                    time.sleep(args.prime_wait)
+                    primed = throughput(url, prompts, args.tokens, primed_set)
                     bases.append(base)
                     cold_ratios.append(cold / base)
+                    primed_ratios.append(primed / base)
                     warm_ratios.append(warm / base)
                 print(f"{label}: {count:>6} terms: baseline {statistics.median(bases):.1f} tok/s; ratio to baseline "
                       f"cold {statistics.median(cold_ratios):.3f} {_fmt(cold_ratios)}, "
+                      f"primed {statistics.median(primed_ratios):.3f} {_fmt(primed_ratios)}, "
                       f"warm {statistics.median(warm_ratios):.3f} {_fmt(warm_ratios)}", flush=True)  # fmt: skip
     plugin_cost(term_sets, texts)
 

@@ -14,9 +14,19 @@ from hypothesis import settings as hypothesis_settings
 hypothesis_settings.register_profile("quell", deadline=None)
 hypothesis_settings.load_profile("quell")
 
-from tests.procs import ROOT, free_port, start_gateway, stop, vllm_pids, wait_ready
+from tests.procs import BACKEND_KEY, ROOT, free_port, start_gateway, stop, vllm_pids, wait_ready
 
 MODEL = "SmolLM2-135M-Instruct"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`soak` tests (a second signal down the same shutdown path, many more cases) run only in `make soak`."""
+    if os.environ.get("QUELL_SOAK") == "1":
+        return
+    skip = pytest.mark.skip(reason="soak: runs in `make soak` (QUELL_SOAK=1), not in `make test`")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
 
 
 @dataclass(frozen=True)
@@ -25,20 +35,36 @@ class RunningGateway:
     vllm_port: int
     policies: Path
     log: Path
+    vllm_log: Path
+    """The managed vLLM's own log (tests that talk to vLLM directly check what they caused there)."""
+    index_dir: Path
+    """Where the gateway and its vLLM read protected-text indexes (QUELL_INDEX_DIR of both)."""
+
+    @property
+    def vllm_url(self) -> str:
+        return f"http://127.0.0.1:{self.vllm_port}"
+
+    @property
+    def vllm_headers(self) -> dict[str, str]:
+        """The session's managed vLLM requires its key (shared by the test gateways: tests.procs.BACKEND_KEY)."""
+        return {"Authorization": f"Bearer {BACKEND_KEY}"}
 
 
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    """One managed gateway for the whole session, with the shipped policies."""
+    """One managed gateway, and so one vLLM with the plugin, for the whole session, with the shipped policies. Tests
+    that need vLLM itself (the plugin's own tests) talk to this one rather than starting another (30-60 s each)."""
     port, vllm_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    index_dir = log.parent / "indexes"
     env = {"QUELL_PORT": str(port), "QUELL_VLLM_PORT": str(vllm_port), "QUELL_POLICIES": str(ROOT / "policies"),
-           "QUELL_AUDIT_URL": f"sqlite:///{log.parent / 'audit.db'}"}  # fmt: skip
+           "QUELL_AUDIT_URL": f"sqlite:///{log.parent / 'audit.db'}", "QUELL_INDEX_DIR": str(index_dir)}  # fmt: skip
     proc = start_gateway(log, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, proc, log)
-        yield RunningGateway(base, vllm_port, ROOT / "policies", log)
+        ready = wait_ready(base, proc, log)
+        vllm_log = Path(ready["managed"]["log"])
+        yield RunningGateway(base, vllm_port, ROOT / "policies", log, vllm_log, index_dir)
     finally:
         stop(proc)
         leftover = vllm_pids(vllm_port)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -337,37 +338,23 @@ DICKENS = ROOT / "policies" / "examples" / "dickens-quotes.yaml"
 
 
 @pytest.fixture(scope="module")
-def dickens_vllm(tmp_path_factory: pytest.TempPathFactory):
-    """vLLM with the plugin, started as the gateway starts it, reading indexes from a folder the test wrote."""
-    import os
+def dickens_vllm(gateway):
+    """The session's vLLM (plugin loaded, as the gateway starts it), reading indexes from the folder the session gateway
+    shares with it (QUELL_INDEX_DIR); loading the policy here writes the index there, as the gateway's own load does."""
+    from tests.procs import BACKEND_KEY
 
-    from service.settings import Settings
-    from service.vllm_process import ManagedVLLM
-    from tests.procs import free_port
-
-    model = ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct"
-    if not (model / "config.json").exists():
-        pytest.skip(f"model not prepared at {model} (run `make setup`)")
-    tmp = tmp_path_factory.mktemp("protected-vllm")
     old = os.environ.get("QUELL_INDEX_DIR")
-    os.environ["QUELL_INDEX_DIR"] = str(tmp / "indexes")  # vLLM inherits it; loading the policy writes there
-    policy = load_policy_file(DICKENS)
-    corpus = policy.targets[0].protected_text.corpus
-    managed = ManagedVLLM(Settings(vllm_port=free_port(), model_dir=model, cache_dir=ROOT / ".cache"))
-    managed.log_path = tmp / "vllm.log"
-    managed.start()
+    os.environ["QUELL_INDEX_DIR"] = str(gateway.index_dir)
     try:
-        managed.wait_ready_blocking(600)
-        yield managed.url, corpus.digest, ProtectedRule(policy.ref, "two-cities", "mask", "", cached_index(
-            corpus.digest, tmp / "indexes"))  # fmt: skip
+        policy = load_policy_file(DICKENS)
     finally:
-        managed.stop()
         if old is None:
             os.environ.pop("QUELL_INDEX_DIR", None)
         else:
             os.environ["QUELL_INDEX_DIR"] = old
-        log = managed.log_path.read_text(errors="replace").split("shutdown triggered")[0]
-        assert "Traceback" not in log, log[log.find("Traceback") - 500 :][:4000]
+    corpus = policy.targets[0].protected_text.corpus
+    rule = ProtectedRule(policy.ref, "two-cities", "mask", "", cached_index(corpus.digest, gateway.index_dir))
+    yield gateway.vllm_url, {"Authorization": f"Bearer {BACKEND_KEY}"}, corpus.digest, rule
 
 
 COPY_FORMS = ["Repeat this passage exactly:\n\n{p}", "Repeat this passage exactly, in upper case:\n\n{p}",
@@ -378,13 +365,13 @@ COPY_FORMS = ["Repeat this passage exactly:\n\n{p}", "Repeat this passage exactl
 def test_plugin_never_lets_a_protected_run_through_in_context(dickens_vllm) -> None:
     import httpx
 
-    url, digest, rule = dickens_vllm
+    url, auth, digest, rule = dickens_vllm
     passage = (DICKENS.parent / "corpora/dickens/two-cities-opening.txt").read_text().split("\n\n")[0]
 
     def ask(prompt: str, xargs: dict | None) -> str:
         body = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": prompt}],
                 "max_tokens": 80, "temperature": 0, "seed": 0, **({"vllm_xargs": xargs} if xargs else {})}  # fmt: skip
-        resp = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600)
+        resp = httpx.post(f"{url}/v1/chat/completions", json=body, headers=auth, timeout=600)
         assert resp.status_code == 200, resp.text
         return resp.json()["choices"][0]["message"]["content"]
 
@@ -395,7 +382,7 @@ def test_plugin_never_lets_a_protected_run_through_in_context(dickens_vllm) -> N
     for text in masked:
         assert find_runs([rule], text) == [], text
         assert len(text.split()) >= 5, text  # it still answers, in other words
-    bad = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+    bad = httpx.post(f"{url}/v1/chat/completions", timeout=60, headers=auth, json={
         "model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
         "vllm_xargs": {"quell_protected": ["0" * 64]}})  # fmt: skip
     assert bad.status_code == 400 and "no protected-text index" in bad.text

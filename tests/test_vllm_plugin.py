@@ -1,13 +1,13 @@
 """The plugin inside the real vLLM with the real model: attack prompts leak without it and never with it.
 
-One vLLM per module (about 30 s to start), spoken to directly over HTTP; the gateway and its text backstop are not
-involved, so the plugin is the only layer. Greedy decoding keeps the runs repeatable.
+The session's vLLM (the managed one of the session gateway, started with the plugin exactly as `quell serve` starts
+it), spoken to directly over HTTP: the gateway and its text backstop are not involved, so the plugin is the only
+layer. Greedy decoding keeps the runs repeatable.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,9 +17,8 @@ import pytest
 
 from filters.automaton import TermAutomaton
 from filters.text_matcher import find_matches
-from service.settings import Settings
-from service.vllm_process import ManagedVLLM
-from tests.procs import free_port
+from tests.conftest import RunningGateway
+from tests.procs import BACKEND_KEY
 
 pytestmark = pytest.mark.e2e
 
@@ -49,27 +48,19 @@ ATTACKS = [
 
 
 @pytest.fixture(scope="module")
-def vllm_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """vLLM with the plugin, started exactly as the gateway starts its managed one (`service.vllm_process`)."""
-    if not (MODEL_DIR / "config.json").exists():
-        pytest.skip(f"model not prepared at {MODEL_DIR} (run `make setup`)")
-    tmp = tmp_path_factory.mktemp("vllm")
-    managed = ManagedVLLM(Settings(vllm_port=free_port(), model_dir=MODEL_DIR, cache_dir=ROOT / ".cache",
-                                   served_model_name=MODEL))  # fmt: skip
-    managed.log_path = tmp / "vllm.log"
-    managed.start()
-    try:
-        try:
-            managed.wait_ready_blocking(420)
-        except (RuntimeError, TimeoutError) as exc:
-            pytest.fail(f"{exc}:\n{managed.log_path.read_text()[-3000:]}")
-        yield managed.url
-    finally:
-        managed.stop()
-        log_text = managed.log_path.read_text(errors="replace").split("shutdown triggered")[0]
-        (Path(os.environ.get("QUELL_VLLM_LOG_DIR", tmp)) / "vllm-last.log").write_text(log_text)
-        at = log_text.find("Traceback")
-        assert at < 0, f"vLLM logged an exception (an engine crash is what the plugin must never cause):\n{log_text[at - 2000:at + 3000]}"
+def vllm_url(gateway: RunningGateway) -> Iterator[str]:
+    """The session's vLLM; what this module made it log must hold no exception (an engine crash is what the plugin
+    must never cause)."""
+    start = gateway.vllm_log.stat().st_size
+    yield gateway.vllm_url
+    with gateway.vllm_log.open("rb") as log:
+        log.seek(start)
+        text = log.read().decode(errors="replace")
+    at = text.find("Traceback")
+    assert at < 0, f"vLLM logged an exception while this module ran:\n{text[max(at - 2000, 0):at + 3000]}"
+
+
+AUTH = {"Authorization": f"Bearer {BACKEND_KEY}"}
 
 
 def chat(url: str, prompt: str, *, terms: list[str] | None = None, max_tokens: int = 48, **extra) -> httpx.Response:
@@ -77,7 +68,7 @@ def chat(url: str, prompt: str, *, terms: list[str] | None = None, max_tokens: i
             "temperature": 0, "seed": 0, **extra}  # fmt: skip
     if terms is not None:
         body["vllm_xargs"] = {"quell_terms": terms}
-    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=180)
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=180)
 
 
 def text_of(response: httpx.Response) -> str:
@@ -127,7 +118,7 @@ def test_streaming_with_terms_never_shows_a_term(vllm_url: str) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": ATTACKS[0]}], "max_tokens": 40,
             "temperature": 0, "stream": True, "vllm_xargs": {"quell_terms": TERMS}}  # fmt: skip
     pieces = []
-    with httpx.stream("POST", f"{vllm_url}/v1/chat/completions", json=body, timeout=180) as response:
+    with httpx.stream("POST", f"{vllm_url}/v1/chat/completions", json=body, headers=AUTH, timeout=180) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":
@@ -151,7 +142,7 @@ def test_streaming_with_terms_never_shows_a_term(vllm_url: str) -> None:
 def test_malformed_terms_are_rejected_with_400(vllm_url: str, terms: object, reason: str) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
             "vllm_xargs": {"quell_terms": terms}}  # fmt: skip
-    response = httpx.post(f"{vllm_url}/v1/chat/completions", json=body, timeout=60)
+    response = httpx.post(f"{vllm_url}/v1/chat/completions", json=body, headers=AUTH, timeout=60)
     assert response.status_code == 400, response.text
     assert reason in response.text
 
@@ -174,7 +165,7 @@ def test_prefix_terms_block_any_ending(vllm_url: str) -> None:
             "vllm_xargs": {"quell_prefix_terms": ["Spider-Man", "Batman"]}}  # fmt: skip
     with ThreadPoolExecutor(max_workers=4) as pool:
         texts = list(pool.map(lambda p: text_of(httpx.post(
-            f"{vllm_url}/v1/chat/completions", timeout=180,
+            f"{vllm_url}/v1/chat/completions", timeout=180, headers=AUTH,
             json={**body, "messages": [{"role": "user", "content": p}]})), PREFIX_ATTACKS))  # fmt: skip
     assert all(find_matches(prefix_automaton, text) == [] for text in texts), texts
     # control: word-edge terms let the model through with an ending, which the prefix judge sees
@@ -185,7 +176,7 @@ def test_prefix_terms_block_any_ending(vllm_url: str) -> None:
 def test_malformed_prefix_terms_are_rejected_with_400(vllm_url: str) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
             "vllm_xargs": {"quell_prefix_terms": ["ok", 3]}}  # fmt: skip
-    response = httpx.post(f"{vllm_url}/v1/chat/completions", json=body, timeout=60)
+    response = httpx.post(f"{vllm_url}/v1/chat/completions", json=body, headers=AUTH, timeout=60)
     assert response.status_code == 400 and "quell_prefix_terms" in response.text
 
 
@@ -213,7 +204,7 @@ def test_reader_terms_block_glued_starts_case_changes_and_leetspeak(vllm_url: st
             "vllm_xargs": {"quell_inside_terms": inside, "quell_prefix_terms": prefix}}  # fmt: skip
     with ThreadPoolExecutor(max_workers=4) as pool:
         texts = list(pool.map(lambda p: text_of(httpx.post(
-            f"{vllm_url}/v1/chat/completions", timeout=180,
+            f"{vllm_url}/v1/chat/completions", timeout=180, headers=AUTH,
             json={**body, "messages": [{"role": "user", "content": p}]})), READER_ATTACKS))  # fmt: skip
     assert not any(term_read(TERMS, text) for text in texts), texts
     control = run_all(vllm_url, READER_ATTACKS, TERMS, max_tokens=40)  # word-edge terms only

@@ -40,6 +40,15 @@ def test_readyz_reports_backend_and_decode_time_layer(gateway: RunningGateway) -
     assert any(ref.startswith("spiderman@") for ref in body["policies"])
 
 
+def test_the_default_policies_terms_reach_the_plugin_before_any_request_carries_them(gateway: RunningGateway) -> None:
+    """The gateway sends the default policy set's terms to the plugin once at start (a single-token request), so the
+    first user request does not pay the mask compilation on its decode steps (`Gateway.warm_decode_masks`)."""
+    deadline = time.monotonic() + 120
+    while "decode-time masks sent to the plugin for the default policies" not in gateway.log.read_text():
+        assert time.monotonic() < deadline, gateway.log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
 def test_models_lists_the_served_model(client: openai.OpenAI) -> None:
     assert MODEL in [m.id for m in client.models.list()]
 
