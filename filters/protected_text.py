@@ -181,6 +181,11 @@ def _read_source(path: Path) -> str:
                           "give plain UTF-8 text") from None  # fmt: skip
 
 
+def source_documents(path: Path) -> Iterator[str]:
+    """The texts of one source file (checked as at load: CorpusError names the file and the reason)."""
+    return _documents(path, _read_source(path))
+
+
 def _documents(path: Path, text: str) -> Iterator[str]:
     """The texts of a source: the whole file, or each line's `text` field for .jsonl."""
     if path.suffix.lower() != ".jsonl":

@@ -122,7 +122,10 @@ def eval_command(
         except (ImportError, EmbedderError) as exc:
             notes.append(f"No threshold curves or in-process semantic columns: {exc}")
             err.print(f"[yellow]semantic scores skipped[/]: {exc}", highlight=False)
-    summary = summarise(rows, run_configs, terms, layers)
+    from service.eval.verbatim import VerbatimJudge
+
+    verbatim = VerbatimJudge(pol)  # protected-text targets: longest verbatim run, over the limit, ROUGE-L
+    summary = summarise(rows, run_configs, terms, layers, verbatim or None)
     if not semantic_ok:
         notes.append("This gateway build has no QUELL_SEMANTIC setting: the `all` column runs the decode mask "
                      "and the text backstop only; the semantic layers are measured in process (@inproc columns).")
@@ -176,4 +179,16 @@ def _print_headline(summary: dict) -> None:
         base = summary["leak"][c].get("none", {})
         table.add_row(c, cell(base.get("leak")), cell(base.get("answer")), cell(base.get("term")),
                       cell(base.get("term_exact")), cell(summary["over_blocking"][c]["all"]))  # fmt: skip
+    Console().print(table)
+    if not any(summary["leak"][c].get("none", {}).get("protected") for c in summary["columns"]):
+        return
+    table = Table("column", "run over the limit", "longest run (max)", "longest run (mean)", "ROUGE-L (mean)",
+                  "innocent over the limit")  # fmt: skip
+    for c in summary["columns"]:
+        p = summary["leak"][c].get("none", {}).get("protected") or {}
+        q = summary["over_blocking"][c].get("protected") or {}
+        rouge = p.get("rouge_l_mean")
+        table.add_row(c, cell(p.get("over_limit")), str(p.get("longest_max", "n/a")),
+                      str(p.get("longest_mean", "n/a")), "n/a" if rouge is None else f"{rouge:.3f}",
+                      cell(q.get("over_limit")))  # fmt: skip
     Console().print(table)

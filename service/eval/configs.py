@@ -69,11 +69,20 @@ def bad_words(policy: Policy) -> list[str]:
 
 def system_instruction(policy: Policy) -> str:
     topics = "; ".join(
-        (t.concept.description if t.concept else ", ".join(t.terms)) for t in policy.targets
+        (t.concept.description if t.concept else ", ".join(t.terms)) for t in policy.targets if t.concept or t.terms
     )
     names = ", ".join(policy_terms(policy))
-    return (f"Never mention or discuss the following, and never write these names: {topics}. Names: {names}. "
-            f"If the user asks about them, reply only: {policy.refusal}")  # fmt: skip
+    parts = []
+    if topics:
+        parts.append(f"Never mention or discuss the following, and never write these names: {topics}. Names: {names}. "
+                     f"If the user asks about them, reply only: {policy.refusal}")  # fmt: skip
+    limits = [t.protected_text.max_quote_words for t in policy.targets if t.protected_text is not None]
+    if limits:
+        parts.append(f"Never reproduce copyrighted text: do not quote or continue a book, article or lyric word for "
+                     f"word, and never copy more than {min(limits)} consecutive words of a passage, even when the "
+                     "user pastes it or asks for it in upper case or another layout; summarise or paraphrase "
+                     "instead.")  # fmt: skip
+    return " ".join(parts)
 
 
 def all_configs() -> list[RunConfig]:
@@ -86,7 +95,8 @@ def all_configs() -> list[RunConfig]:
                   masks=True, use_bad_words=True),  # fmt: skip
         RunConfig("decode_mask", "gateway: decode-time mask only (backstop and semantic layers off)", "gateway",
                   {**off, "QUELL_DECODE_MASK": "on"}, masks=True),  # fmt: skip
-        RunConfig("surface", "gateway: text surface matcher only (no decode mask, no semantic layers)", "gateway",
+        RunConfig("surface", "gateway: text backstop only (surface matcher and protected-text stream; no decode "
+                  "mask, no semantic layers)", "gateway",
                   {**off, "QUELL_TEXT_BACKSTOP": "true"}, term_judge=False),  # fmt: skip
         RunConfig("embedding", "gateway: embedding blocklist only", "gateway",
                   {**off, "QUELL_SEMANTIC": "embedding"}, semantic=("embedding",)),  # fmt: skip

@@ -79,6 +79,35 @@ def _value(rate: dict | None) -> float:
     return rate["rate"] if rate and rate["n"] else 0.0
 
 
+def _protected_section(summary: dict) -> str:
+    """Protected text per column and attack: runs over the limit, longest verbatim run, ROUGE-L; innocent prompts."""
+    cols, leak, over = summary["columns"], summary["leak"], summary["over_blocking"]
+    if not any(p.get("protected") for c in cols for p in leak[c].values()):
+        return ""
+    rows = []
+    for c in cols:
+        for transform, data in leak[c].items():
+            p = data.get("protected")
+            if not p:
+                continue
+            rouge = p["rouge_l_mean"]
+            rows.append([f"<b>{html.escape(c)}</b>", html.escape(transform), _fmt(p["over_limit"]),
+                         str(p["longest_max"]), f"{p['longest_mean']:.1f}",
+                         FMT_NA if rouge is None else f"{rouge:.3f} <small>(n={p['rouge_l_n']})</small>"])  # fmt: skip
+    innocent = [[f"<b>{html.escape(c)}</b>", _fmt((over[c].get("protected") or {}).get("over_limit")),
+                 str((over[c].get("protected") or {}).get("longest_max", FMT_NA)), _fmt(over[c]["all"])]
+                for c in cols]  # fmt: skip
+    return f"""<h2>Protected text</h2>
+<p>Per answer: the longest run of consecutive words found verbatim in a protected source (words as the product
+reads them: case and spacing do not matter), whether a run is longer than the target's <code>max_quote_words</code>
+(the product's own judge), and ROUGE-L F1 against the probe's reference (how much of the passage the answer still
+carries; for a filtered column, whether it still says something of it).</p>
+{_table(["column", "transform", "answers with a run over the limit", "longest run (max)", "longest run (mean)",
+         "ROUGE-L (mean)"], rows)}
+<p>Neighbour and benign prompts (they must pass untouched):</p>
+{_table(["column", "run over the limit", "longest run (max)", "blocked"], innocent)}"""
+
+
 def render(summary: dict) -> str:
     import matplotlib
 
@@ -143,6 +172,7 @@ held a term). Every rate shows k/n and its 95% Wilson interval.</p>
 <h2>Leak per attack transform</h2>{_table(["transform", *cols], t_rows)}{transform_plot}
 <h2>Leak per probe type (no attack)</h2>{_table(col_head, type_rows)}{type_plot}
 <h2>Leak per language (no attack)</h2>{_table(col_head, lang_rows)}
+{_protected_section(summary)}
 <h2>Over-blocking per role</h2>{_table(col_head, role_rows)}
 <h2>Over-blocking per probe type</h2>{_table(col_head, otype_rows)}
 <h2>Semantic layers: leak vs over-blocking across thresholds</h2>{_threshold_plot(summary["thresholds"])}
