@@ -13,11 +13,13 @@ from filters.embedding import Embedder
 from service.audit import AuditLog
 from service.auth import KeyRing, exposure_problem
 from service.backend import Backend
+from service.console import mount as mount_console
 from service.errors import install_error_handlers
 from service.gateway import Gateway
 from service.limits import RequestLimits
 from service.metrics import Metrics, RequestMetricsMiddleware
-from service.policy_registry import PolicyRegistry
+from service.policy_history import PolicyHistory
+from service.policy_registry import PolicyRegistry, PolicySnapshot
 from service.policy_registry import watch as watch_policies
 from service.routes import admin, health, moderations, openai
 from service.routes import metrics as metrics_routes
@@ -50,11 +52,17 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
                         "or QUELL_API_KEYS before exposing it.", settings.host)  # fmt: skip
         if settings.admin_token is None:
             log.warning("QUELL_ADMIN_TOKEN unset: the admin API (/admin) answers 401 to everyone")
-        registry = PolicyRegistry(settings.policies, on_reload=lambda snap: metrics.count_reload(not snap.errors),
-                                  removal_grace_s=settings.policy_removal_grace_s)  # fmt: skip
+        history = app.state.policy_history = PolicyHistory()  # every version that was live (the console's history)
+
+        def reloaded(snap: PolicySnapshot) -> None:
+            metrics.count_reload(not snap.errors)
+            history.observe(snap)
+
+        registry = PolicyRegistry(settings.policies, on_reload=reloaded, removal_grace_s=settings.policy_removal_grace_s)
         snapshot = registry.reload()
         audit = AuditLog(settings.audit_url, queue_size=settings.audit_queue_size, metrics=metrics)
         await audit.start()
+        await asyncio.to_thread(history.bind, audit.engine)
         log.info("policies: %s", ", ".join(lp.policy.ref for lp in snapshot.policies.values()) or "none")
         managed = backend is None and not settings.backend_url
         upstream = backend
@@ -94,4 +102,5 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     app.include_router(moderations.router)
     app.include_router(admin.router)
     app.include_router(metrics_routes.router)
+    mount_console(app)
     return app

@@ -69,6 +69,8 @@ class Settings(BaseSettings):
 
     admin_token: SecretStr | None = None
     """Operator token for /admin (Bearer). Unset: the admin API answers 401 to everyone."""
+    eval_dir: Path = Path(".cache/eval")
+    """Where the console looks for `quell eval` runs: one folder per run (`quell eval --out $QUELL_EVAL_DIR/NAME`)."""
     keys_file: Path | None = None
     """YAML file of client API keys and their tenants (see README "Keys and tenants")."""
     api_keys: str | None = None
