@@ -155,11 +155,11 @@ def test_start_migrates_an_empty_database_and_again_is_a_no_op(store_url: str) -
         engine = make_engine(store_url)
         try:
             inspector = sa.inspect(engine)
-            assert {"audit_events", VERSION_TABLE} <= set(inspector.get_table_names())
+            assert {"audit_events", "policy_history", VERSION_TABLE} <= set(inspector.get_table_names())
             indexes = {ix["name"]: ix["column_names"] for ix in inspector.get_indexes("audit_events")}
             assert indexes == {"ix_audit_events_time": ["time"], "ix_audit_events_policy_id": ["policy_id"]}
             with engine.connect() as conn:
-                assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0001"]
+                assert conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0002"]
         finally:
             engine.dispose()
 
