@@ -12,9 +12,11 @@ from pydantic import BaseModel, Field
 from filters.policy import Policy
 from filters.policy_loader import PolicyError, PolicyIssue, parse_policy
 from service.audit import AuditStoreError, parse_since
+from service.auth import bearer
 from service.deps import GatewayDep, OperatorDep
 from service.errors import APIError
 from service.inspect import inspect_text, protected_runs
+from service.policy_history import operator_id
 from service.policy_registry import VersionConflict
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[OperatorDep])
@@ -121,6 +123,8 @@ async def put_policy(policy_id: str, request: Request, gateway: GatewayDep, _bod
         return _invalid([issue])
     async with _write_lock:  # one writer at a time in this process; rename is atomic across processes anyway
         path = gateway.registry.file_for(policy_id)  # named in the error if the write fails
+        request.app.state.policy_history.expect(policy_id, policy.digest,  # history: who made it live
+                                                operator_id(bearer(request.headers.get("authorization")) or ""))
         try:
             path = await asyncio.to_thread(gateway.registry.write, policy_id, text, _version(if_match))
         except VersionConflict as exc:

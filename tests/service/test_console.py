@@ -232,3 +232,15 @@ def test_eval_runs_are_listed_and_opened(gateway_for, tmp_path) -> None:
     assert report.status_code == 200 and "Quell eval report" in report.text
     assert "sandbox" in report.headers["content-security-policy"]
     assert escape.status_code == 404
+
+
+def test_an_admin_put_is_credited_to_the_operator_in_history(gateway_for) -> None:
+    draft = spider_policy("spider-redact", "stop", default=True)
+    with gateway_for(admin_token=TOKEN) as (client, _):
+        login(client)
+        put = client.put("/admin/policies/spider-redact", content=draft,
+                         headers={"Authorization": f"Bearer {TOKEN}", "content-type": "application/yaml"})  # fmt: skip
+        page = client.get("/console/policies/spider-redact").text
+    signed_in_as = re.search(r"signed in as (operator:\w+)", page)[1]
+    newest = re.search(r"<td>(operator:\w+|policy folder)</td>", page)[1]
+    assert put.status_code == 200 and newest == signed_in_as
