@@ -103,3 +103,15 @@ pg-start: pg-install
 pg-stop:
 	@if [ -f $(PG_DATA)/postmaster.pid ]; then $(PG_AS) $(PG_BIN)/pg_ctl -D $(PG_DATA) -m fast -w stop; \
 	else echo "pg-stop: no server running from $(PG_DATA)"; fi
+
+# Headless Chromium for the console's browser tests (tests/service/test_console_browser.py), from the Debian package:
+# Playwright drives it through executable_path; `playwright install` (a browser download) is never used. Root installs
+# it with apt; anyone else gets the command to run (the browser tests skip, saying why, until it is there).
+CHROMIUM ?= /usr/lib/chromium/chromium
+.PHONY: browser-install
+test: browser-install
+browser-install:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "browser-install: Chromium missing for the console browser tests; install it: sudo apt-get install chromium" >&2; exit 1; fi; \
+	fi
