@@ -30,10 +30,11 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -270,7 +271,9 @@ class ProtectedIndex:
 
     # ---- build, save, load ------------------------------------------------------------------------------------
     @classmethod
-    def build(cls, corpus: Corpus) -> ProtectedIndex:
+    def build(cls, corpus: Corpus, progress: Callable[[int], None] | None = None) -> ProtectedIndex:
+        """Index a corpus; `progress(words)` is called as its words are read (the slow part), then once more with
+        `corpus.words` when the runs are hashed and sorted."""
         k = corpus.max_quote_words
         ids: dict[str, int] = {}
         chunks: list[np.ndarray] = []
@@ -278,7 +281,7 @@ class ProtectedIndex:
         offset = 0
         for path in corpus.files:
             sources.append((str(path), offset))
-            offset += _word_ids(path, ids, chunks)  # a function, so the file's text is freed when it returns
+            offset += _word_ids(path, ids, chunks, progress, offset)  # the file's text is freed when it returns
         seq = np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
         del chunks
         vocab = tuple(ids)
@@ -302,6 +305,8 @@ class ProtectedIndex:
         del order, valid
         keep = np.ones(len(grams), dtype=np.bool_)
         keep[1:] = (grams[1:] != grams[:-1]) | (nexts[1:] != nexts[:-1])
+        if progress is not None:
+            progress(corpus.words)
         return cls(corpus.digest, k, grams[keep], nexts[keep].astype(np.uint32), positions[keep], vocab,
                    tuple(sources))  # fmt: skip
 
@@ -345,7 +350,8 @@ class ProtectedIndex:
                    tuple(text.split("\n")) if text else (), tuple((f, int(o)) for f, o in meta["sources"]))  # fmt: skip
 
 
-def _word_ids(path: Path, ids: dict[str, int], chunks: list[np.ndarray]) -> int:
+def _word_ids(path: Path, ids: dict[str, int], chunks: list[np.ndarray],
+              progress: Callable[[int], None] | None = None, before: int = 0) -> int:  # fmt: skip
     """Append the word ids of one source (a break after each document) to `chunks`; returns how many were added."""
     added = 0
     for doc in _documents(path, _read_source(path)):
@@ -355,6 +361,8 @@ def _word_ids(path: Path, ids: dict[str, int], chunks: list[np.ndarray]) -> int:
                 ids[word] = len(ids)
             chunks.append(np.fromiter(map(ids.__getitem__, words), np.int32, len(words)))
             added += len(words)
+            if progress is not None:
+                progress(before + added)
         chunks.append(np.array([_DOC_BREAK], dtype=np.int32))  # no run spans two documents
         added += 1
     return added
@@ -372,6 +380,55 @@ def _blocks(text: str) -> Iterator[str]:
         start = end
 
 
+@dataclass
+class IndexBuild:
+    """One index being built: which corpus, how far (words read of about `words`), since when."""
+
+    digest: str
+    files: int
+    words: int
+    done: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"index": self.digest[:12], "files": self.files, "words": self.words, "words_read": self.done,
+                "percent": round(100 * min(self.done / self.words, 1.0), 1) if self.words else 100.0,
+                "seconds": round(time.monotonic() - self.started, 1)}  # fmt: skip
+
+
+class IndexBuilds:
+    """The index builds under way in this process (a reload builds in a worker thread while the last good policies
+    serve); `/readyz` lists them. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._builds: dict[str, IndexBuild] = {}
+
+    def build(self, corpus: Corpus, progress: Callable[[int], None] | None = None) -> ProtectedIndex:
+        """`ProtectedIndex.build`, listed in `active()` until it returns; `progress` is called as it goes too."""
+        entry = IndexBuild(corpus.digest, len(corpus.files), corpus.words)
+        with self._lock:
+            self._builds[corpus.digest] = entry
+
+        def report(done: int) -> None:
+            entry.done = done
+            if progress is not None:
+                progress(done)
+
+        try:
+            return ProtectedIndex.build(corpus, report)
+        finally:
+            with self._lock:
+                if self._builds.get(corpus.digest) is entry:
+                    del self._builds[corpus.digest]
+
+    def active(self) -> list[IndexBuild]:
+        with self._lock:
+            return list(self._builds.values())
+
+
+BUILDS = IndexBuilds()
+"""Every build `cached_index` starts in this process."""
 _LOADED: OrderedDict[tuple[str, str], ProtectedIndex] = OrderedDict()
 _LOADED_MAX = 32
 
@@ -390,7 +447,7 @@ def cached_index(digest: str, directory: Path | None = None, corpus: Corpus | No
     except FileNotFoundError:
         if corpus is None:
             raise FileNotFoundError(f"no protected-text index {digest[:12]}... in {directory}") from None
-        index = ProtectedIndex.build(corpus)
+        index = BUILDS.build(corpus)
         index.save(directory)
     _LOADED[key] = index
     if len(_LOADED) > _LOADED_MAX:

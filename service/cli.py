@@ -178,8 +178,10 @@ def model_prepare(out: Annotated[Path, typer.Option(help="Model folder to create
 
 def _register_audit() -> None:
     from service.cli_audit import audit
+    from service.cli_index import index_app
 
     app.command("audit")(audit)
+    app.add_typer(index_app, name="index")
 
 
 _register_audit()
