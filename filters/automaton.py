@@ -13,6 +13,12 @@ by an uppercase one (`filters.normalize.surface_symbols`). Stand-ins (`filters.n
 any of their letters ("Sp1derman", "H4rry P0773r"); a match needs one character read as itself, so plain numbers never
 spell a term. `reader_mode` is the default: `prefix`, and `inside` for terms of at least `INSIDE_MIN_CHARS`.
 
+Patterns (`filters.patterns`: regular expressions for identifiers such as e-mail addresses or card numbers) run in
+the same automaton: each is a small DFA over the same symbol classes, and a DFA state also holds the set of pattern
+states live so far (a pattern may start at any symbol). A pattern reads separators (a run of them as one, none at the
+start or right after a stand-in mark) where terms skip them; a pattern that reaches a final state is a match (`DEAD`)
+like a term. Configurations of patterns are negative numbers, `-(global pattern state + 1)`.
+
 Structure: two tries (terms that need a word start; `inside` terms, which may start anywhere), immutable once built,
 and a deterministic automaton over them, determinised lazily. An NFA configuration is a trie node plus one bit (a
 character was read as itself); a DFA state is a set of configurations plus whether the last symbol was a word edge.
@@ -30,6 +36,7 @@ from typing import TypeVar
 import numpy as np
 
 from filters.normalize import SEPARATOR, STAND_IN_MARKS, STAND_INS, surface_symbols, word_chars
+from filters.patterns import compile_pattern
 
 DEAD = 0
 START = 1
@@ -104,9 +111,11 @@ def _readings(ch: str) -> tuple[tuple[str, bool], ...]:
 class TermAutomaton:
     """All terms of a term set compiled once; thread-safe (lazy DFA growth happens under a lock)."""
 
-    def __init__(self, terms: Iterable[str] = (), prefix: Iterable[str] = (), inside: Iterable[str] = ()):
+    def __init__(self, terms: Iterable[str] = (), prefix: Iterable[str] = (), inside: Iterable[str] = (),
+                 patterns: Iterable[str] = ()):  # fmt: skip
         """`terms` match between word edges, `prefix` terms from a word start whatever follows, `inside` terms
-        anywhere (see the module docstring). A term given in several modes gets the widest."""
+        anywhere (see the module docstring). A term given in several modes gets the widest. `patterns` are regular
+        expressions (`filters.patterns`; `PatternError`, a ValueError, for one outside the subset)."""
         modes: dict[str, MatchMode] = {}
         for mode, group in ((MatchMode.WORD, terms), (MatchMode.PREFIX, prefix), (MatchMode.INSIDE, inside)):
             for term in group:
@@ -123,7 +132,10 @@ class TermAutomaton:
         edge = [(i, k) for i, k in enumerate(keys) if self.modes[i] is not MatchMode.INSIDE]
         inside_keys = [(i, k) for i, k in enumerate(keys) if self.modes[i] is MatchMode.INSIDE]
         self.trie = _build_trie(edge, inside_keys)
-        self.has_inside = bool(inside_keys)
+        self.patterns: tuple[str, ...] = tuple(dict.fromkeys(patterns))
+        compiled = [compile_pattern(p) for p in self.patterns]
+        self.has_inside = bool(inside_keys) or bool(compiled)
+        """Whether a match may start inside a word (an `inside` term or any pattern)."""
         terminal = self.trie.terminal
         # Nodes where a term is complete: `any_end` matches at once, `word_end` waits for a word edge.
         self.any_end: frozenset[int] = frozenset(
@@ -136,12 +148,26 @@ class TermAutomaton:
         relevant = set(alphabet)
         relevant |= {s for s, letters in STAND_INS.items() if alphabet.intersection(letters)}
         relevant |= STAND_IN_MARKS  # always their own class: as letters they may be nothing, but never "other"
+        relevant |= {ch for p in compiled for ch in p.chars if ch != SEPARATOR}
         symbols = sorted(relevant)
         self.class_of: dict[str, int] = {ch: i + 2 for i, ch in enumerate(symbols)}
         self.class_char: tuple[str, ...] = (SEPARATOR, "", *symbols)
         self.num_classes = len(self.class_char)
         self._class_readings = tuple(_readings(ch) if ch else () for ch in self.class_char)
         self._class_is_sep = tuple(ch == SEPARATOR or ch in STAND_IN_MARKS for ch in self.class_char)
+        # Every pattern's DFA over these classes, in one table of global pattern states (-1: no match continues).
+        tables = [p.table(self.class_char) for p in compiled]
+        offsets = np.cumsum([0] + [len(t[0]) for t in tables])
+        self._pat_next = np.full((int(offsets[-1]), self.num_classes), -1, dtype=np.int32)
+        self._pat_final = np.zeros(int(offsets[-1]), dtype=np.bool_)
+        self._pat_owner = np.zeros(int(offsets[-1]), dtype=np.int32)
+        for i, (delta, final, _) in enumerate(tables):
+            lo = int(offsets[i])
+            self._pat_next[lo : lo + len(delta)] = np.where(delta >= 0, delta + lo, -1)
+            self._pat_final[lo : lo + len(delta)] = final
+            self._pat_owner[lo : lo + len(delta)] = i
+        self._pat_starts: tuple[int, ...] = tuple(-(int(offsets[i]) + t[2] + 1) for i, t in enumerate(tables))
+        """The start configuration of every pattern."""
         # Lazily determinised DFA. States are interned (configurations, at_edge); DEAD has no key.
         self._lock = threading.RLock()
         self._state_key: list[tuple[frozenset[int], bool] | None] = [None, (frozenset(), True)]
@@ -196,6 +222,10 @@ class TermAutomaton:
         matched: list[tuple[int, P]] = []
         reached: dict[int, P] = {}
         is_sep = self._class_is_sep[cls]
+        if self._pat_starts:
+            patterns = {c: p for c, p in live.items() if c < 0}
+            live = {c: p for c, p in live.items() if c >= 0}
+            self._advance_patterns(patterns, at_edge, cls, start, nxt, matched, reached)
         if is_sep:
             for config, payload in live.items():
                 if config & 1 and config >> 1 in self.word_end:
@@ -220,6 +250,29 @@ class TermAutomaton:
                     matched.append((config, payload))
                 _keep_min(nxt, config, payload)
         return nxt, is_sep, matched, reached
+
+    def _advance_patterns(self, live: dict[int, P], at_edge: bool, cls: int, start: P, nxt: dict[int, P],
+                          matched: list[tuple[int, P]], reached: dict[int, P]) -> None:  # fmt: skip
+        """`advance` for pattern configurations (negative). A separator after a separator, a stand-in mark or at the
+        start (`at_edge`) is not read: the configurations stay. Otherwise every pattern may also start here."""
+        if cls == SEP_CLASS and at_edge:
+            nxt.update(live)
+            return
+        candidates = dict(live)
+        for config in self._pat_starts:
+            _keep_min(candidates, config, start)
+        table, final = self._pat_next, self._pat_final
+        for config, payload in candidates.items():
+            moved = int(table[-config - 1, cls])
+            if moved < 0:
+                continue
+            if final[moved]:
+                matched.append((-moved - 1, payload))
+                _keep_min(reached, -moved - 1, payload)
+            else:
+                _keep_min(nxt, -moved - 1, payload)
+                if cls != SEP_CLASS:
+                    _keep_min(reached, -moved - 1, payload)
 
     # ---- DFA -----------------------------------------------------------------------------------------------
     @property
@@ -278,7 +331,10 @@ class TermAutomaton:
         return state
 
     def term_at(self, config: int, confirmed_by_edge: bool) -> str:
-        """A term that ends at a configuration's node (a word-mode one if a word edge confirmed it)."""
+        """A term that ends at a configuration's node (a word-mode one if a word edge confirmed it); for a pattern
+        configuration, the pattern."""
+        if config < 0:
+            return self.patterns[int(self._pat_owner[-config - 1])]
         ends = self.trie.terminal[config >> 1]
         for index in ends:
             if (self.modes[index] is MatchMode.WORD) is confirmed_by_edge:
@@ -301,7 +357,7 @@ class TermAutomaton:
                 pending = np.zeros(2 * sid, dtype=np.bool_)
                 pending[:sid] = self._pending
                 self._delta, self._pending = grown, pending
-            self._pending[sid] = any(c & 1 and c >> 1 in self.word_end for c in configs)
+            self._pending[sid] = any(c >= 0 and c & 1 and c >> 1 in self.word_end for c in configs)
             self._state_key.append(key)
             self._state_id[key] = sid
             self._num_states = sid + 1

@@ -15,10 +15,13 @@ from typing import Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from filters.automaton import MatchMode, reader_mode
+from filters.facts import fact_forms
 from filters.normalize import word_chars
+from filters.patterns import PatternError, compile_pattern
 from filters.protected_text import MIN_QUOTE_WORDS, Corpus, CorpusError, scan_sources
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+MIN_FACT_WORD_CHARS = 5
 MIN_TERM_WORD_CHARS = 3
 """Shorter terms match inside too much ordinary text ("AI", "X") unless the operator says `allow_short: true`."""
 
@@ -219,9 +222,30 @@ class ProtectedText(_Strict):
         return self._corpus
 
 
+class Pattern(_Strict):
+    """An identifier pattern (`filters.patterns`: what it reads, the supported subset, what is rejected)."""
+
+    name: str = Field(pattern=ID_PATTERN)
+    regex: str
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, regex: str) -> str:
+        try:
+            compile_pattern(regex)
+        except PatternError as exc:
+            raise ValueError(str(exc)) from None
+        return regex
+
+
 class Target(_Strict):
     id: str = Field(pattern=ID_PATTERN)
     terms: list[str] = Field(default_factory=list)
+    patterns: list[Pattern] = Field(default_factory=list)
+    """Identifiers that are masked (or redacted, ...: `on_surface`) wherever they appear, named or not."""
+    facts: list[str] = Field(default_factory=list)
+    """Short strings identifying this person (a date of birth, a street address, an employer), masked only where the
+    conversation or the answer names the target (`filters.facts`)."""
     allow_short: bool = False
     concept: Concept | None = None
     protected_text: ProtectedText | None = None
@@ -238,6 +262,25 @@ class Target(_Strict):
                 raise ValueError(f"term {term!r} has no letters or digits once normalised, so it can never match")
         return terms
 
+    @field_validator("patterns")
+    @classmethod
+    def _unique_pattern_names(cls, patterns: list[Pattern]) -> list[Pattern]:
+        names = [p.name for p in patterns]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"pattern names {twice} appear twice")
+        return patterns
+
+    @field_validator("facts")
+    @classmethod
+    def _facts_can_match(cls, facts: list[str]) -> list[str]:
+        for fact in facts:
+            if len(word_chars(fact)) < MIN_FACT_WORD_CHARS:
+                raise ValueError(f"fact {fact!r} has fewer than {MIN_FACT_WORD_CHARS} letters or digits once "
+                                 "normalised; a fact must identify the person, not match ordinary words")  # fmt: skip
+            fact_forms(fact)
+        return facts
+
     @model_validator(mode="after")
     def _short_terms_need_consent(self) -> Target:
         if not self.allow_short:
@@ -247,8 +290,10 @@ class Target(_Strict):
                     f"terms {short} have fewer than {MIN_TERM_WORD_CHARS} letters or digits and would match inside "
                     "ordinary text; set allow_short: true on this target if that is intended"
                 )
-        if not self.terms and self.concept is None and self.protected_text is None:
-            raise ValueError("a target needs terms, a concept, protected_text, or several of them")
+        if not self.terms and self.concept is None and self.protected_text is None and not self.patterns:
+            raise ValueError("a target needs terms, a concept, protected_text, patterns, or several of them")
+        if self.facts and not self.terms:
+            raise ValueError("facts are masked where the person is named: give the target the terms that name them")
         return self
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from filters.automaton import MatchMode, TermAutomaton
 from filters.decision import ACTION_RANK, Action, Decision, Layer
+from filters.facts import FactGroup
 from filters.normalize import word_chars
 from filters.policy import Policy, ProtectedAction, SurfaceAction
 from filters.protected_text import ProtectedRule, cached_index
@@ -29,6 +31,10 @@ class SurfaceLayer:
         by_mode: dict[MatchMode, list[str]] = {mode: [] for mode in MatchMode}
         mask: dict[MatchMode, list[str]] = {mode: [] for mode in MatchMode}
         protected: list[ProtectedRule] = []
+        patterns: list[str] = []
+        self._pattern_rules: dict[str, list[TermRule]] = {}
+        mask_patterns: list[str] = []
+        facts: list[tuple[FactGroup, TermRule]] = []
         for policy in policies:
             if direction is not None and direction not in policy.applies_to:
                 continue
@@ -39,6 +45,13 @@ class SurfaceLayer:
                     protected.append(ProtectedRule(policy.ref, target.id, target.on_protected.value, policy.refusal,
                                                    index))  # fmt: skip
                 rule = TermRule(policy.ref, target.id, target.on_surface, policy.refusal)
+                for pattern in target.patterns:
+                    patterns.append(pattern.regex)
+                    self._pattern_rules.setdefault(pattern.regex, []).append(rule)
+                    if target.on_surface is SurfaceAction.MASK:
+                        mask_patterns.append(pattern.regex)
+                if target.facts:
+                    facts.append((FactGroup.of(target.id, target.terms, target.facts), rule))
                 for term in target.terms:
                     mode = target.match.mode_for(term)
                     self._rules.setdefault(word_chars(term), []).append(rule)
@@ -46,7 +59,15 @@ class SurfaceLayer:
                     if target.on_surface is SurfaceAction.MASK:
                         mask[mode].append(term)
         groups = [by_mode[MatchMode.WORD], by_mode[MatchMode.PREFIX], by_mode[MatchMode.INSIDE]]
-        self.automaton: TermAutomaton | None = TermAutomaton(*groups) if any(groups) else None
+        patterns = list(dict.fromkeys(patterns))
+        self.automaton: TermAutomaton | None = (
+            TermAutomaton(groups[0], groups[1], groups[2], patterns=patterns) if any(groups) or patterns else None
+        )
+        self.mask_patterns: tuple[str, ...] = tuple(dict.fromkeys(mask_patterns))
+        """Patterns (regexes) for the decode-time plugin's `quell_patterns`: only `mask` targets."""
+        self.facts: tuple[tuple[FactGroup, TermRule], ...] = tuple(facts)
+        """Each target's facts with its names (`filters.facts`): reported where the prompt or answer names it."""
+        self._fact_automata: dict[str, tuple[TermAutomaton, TermAutomaton]] = {}
         self.mask_terms: tuple[str, ...] = tuple(dict.fromkeys(mask[MatchMode.WORD]))
         """Terms for the decode-time plugin: only `mask` targets (other actions need to see the term to act)."""
         self.mask_inside_terms: tuple[str, ...] = tuple(dict.fromkeys(mask[MatchMode.INSIDE]))
@@ -66,6 +87,9 @@ class SurfaceLayer:
             "quell_prefix_terms": [t for t in self.mask_prefix_terms if t not in set(self.mask_inside_terms)],
             "quell_inside_terms": list(self.mask_inside_terms),
             "quell_protected": list(self.mask_protected),
+            "quell_patterns": list(self.mask_patterns),
+            "quell_facts": [json.dumps({"names": list(g.names), "facts": list(g.facts)}, ensure_ascii=False)
+                            for g, rule in self.facts if rule.action is SurfaceAction.MASK],
         }
         return {key: terms for key, terms in args.items() if terms}
 
@@ -78,9 +102,31 @@ class SurfaceLayer:
             rule = self.strongest(m.term)
             out.append(Decision(rule.policy_ref, rule.target_id, Layer.SURFACE, Action(rule.action.value), 1.0, m.start,
                                 m.end))  # fmt: skip
+        return out + self.fact_decisions(text)
+
+    def fact_decisions(self, text: str, prompt: str = "") -> list[Decision]:
+        """Every fact of a target that `prompt` or `text` names, found in `text` (`filters.facts`)."""
+        out = []
+        for group, rule in self.facts:
+            names, facts = self._fact_automata_for(group)
+            if not (find_matches(names, prompt) or find_matches(names, text)):
+                continue
+            for m in find_matches(facts, text):
+                out.append(Decision(rule.policy_ref, rule.target_id, Layer.SURFACE, Action(rule.action.value), 1.0,
+                                    m.start, m.end))  # fmt: skip
         return out
 
+    def _fact_automata_for(self, group: FactGroup) -> tuple[TermAutomaton, TermAutomaton]:
+        pair = self._fact_automata.get(group.target_id)
+        if pair is None:
+            pair = self._fact_automata[group.target_id] = (TermAutomaton.reader(group.names),
+                                                           TermAutomaton.reader(group.facts))  # fmt: skip
+        return pair
+
     def rules_for(self, term: str) -> list[TermRule]:
+        """The rules of a matched term, or of a matched pattern (`Match.term` is then the regex)."""
+        if term in self._pattern_rules:
+            return self._pattern_rules[term]
         return self._rules.get(word_chars(term), [])
 
     def strongest(self, term: str) -> TermRule:

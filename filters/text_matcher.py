@@ -77,7 +77,7 @@ class StreamMatcher:
         return found
 
     def _step(self, cls: int, pos: int, found: list[Match]) -> None:
-        if cls == SEP_CLASS and not self._live:
+        if cls == SEP_CLASS and not self._live and not self.automaton.patterns:  # a pattern may read a separator
             self._at_edge = True
             return
         automaton = self.automaton
@@ -90,7 +90,7 @@ class StreamMatcher:
             if (config, start) not in self._reported:
                 self._reported.add((config, start))
                 found.append(Match(automaton.term_at(config, by_edge), start, last_end[config]))
-            if not children[config >> 1]:
+            if config >= 0 and not children[config >> 1]:
                 # a complete term with nothing longer to grow into can never match again
                 live.pop(config, None)
         self._live, self._last_end, self._at_edge = live, last_end, at_edge

@@ -3,8 +3,11 @@
 Load it with `--logits-processors filters.vllm_plugin:QuellLogitsProcessor`; a request opts in with
 `"vllm_xargs": {"quell_terms": ["Spider-Man", ...]}` (a flat list of strings; these match between word edges),
 `"quell_prefix_terms"` for terms that match at a word start whatever follows them, and `"quell_inside_terms"` for
-terms that match anywhere, inside words too (`filters.automaton`, "the matching contract"). Requests without terms
-are untouched.
+terms that match anywhere, inside words too (`filters.automaton`, "the matching contract"). `"quell_patterns"` lists
+regular expressions for identifiers (`filters.patterns`), compiled into the same automaton. `"quell_facts"` lists one
+JSON object per person, `{"names": [...], "facts": [...]}`: when the request's prompt names the person (any name, as
+a reader-mode term), the facts' written forms join the request's mask terms (`filters.facts`). Requests without
+terms are untouched.
 
 Call order (vLLM's interface): `validate_params` in the API server (bad input -> HTTP 400); in the engine, before
 each forward pass `update_state` (batch changes: removed, then added, then moved; then every masked request's cursor
@@ -17,10 +20,12 @@ computed gets every token but end-of-sequence banned, and the error is logged.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -29,8 +34,9 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
-from filters.automaton import TermAutomaton
+from filters.automaton import MatchMode, TermAutomaton, reader_mode
 from filters.normalize import word_chars
+from filters.patterns import PatternError, compile_pattern
 from filters.protected_text import ProtectedCursor, ProtectedMasks, cached_index, default_index_dir, is_digest
 from filters.token_mask import Cursor, TokenMasks
 from filters.vocab import VocabularyIndex
@@ -44,6 +50,9 @@ TERMS_KEY = "quell_terms"
 PREFIX_TERMS_KEY = "quell_prefix_terms"
 INSIDE_TERMS_KEY = "quell_inside_terms"
 KEYS = (TERMS_KEY, PREFIX_TERMS_KEY, INSIDE_TERMS_KEY)
+PATTERNS_KEY = "quell_patterns"
+FACTS_KEY = "quell_facts"
+MAX_PATTERNS = 256
 PROTECTED_KEY = "quell_protected"
 """Protected-text indexes by content hash (`filters.protected_text`): the gateway writes them to the shared index
 directory ($QUELL_INDEX_DIR, else $QUELL_CACHE_DIR/protected); a request carries only the hashes."""
@@ -66,16 +75,24 @@ class TermSet(NamedTuple):
     words: tuple[str, ...]
     prefix: tuple[str, ...] = ()
     inside: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.words or self.prefix or self.inside)
+        return bool(self.words or self.prefix or self.inside or self.patterns)
 
     @property
     def size(self) -> int:
-        return len(self.words) + len(self.prefix) + len(self.inside)
+        return len(self.words) + len(self.prefix) + len(self.inside) + len(self.patterns)
 
     def automaton(self) -> TermAutomaton:
-        return TermAutomaton(self.words, prefix=self.prefix, inside=self.inside)
+        return TermAutomaton(self.words, prefix=self.prefix, inside=self.inside, patterns=self.patterns)
+
+    def with_terms(self, terms: tuple[str, ...]) -> TermSet:
+        """This set plus `terms` in their reader mode (facts of a person the prompt names)."""
+        prefix = [t for t in terms if reader_mode(t) is MatchMode.PREFIX]
+        inside = [t for t in terms if reader_mode(t) is MatchMode.INSIDE]
+        return self._replace(prefix=tuple(sorted(set(self.prefix).union(prefix))),
+                             inside=tuple(sorted(set(self.inside).union(inside))))  # fmt: skip
 
 
 def _parse_list(extra_args: dict[str, Any], key: str) -> list[str]:
@@ -104,7 +121,44 @@ def parse_terms(extra_args: dict[str, Any] | None) -> TermSet:
         raise ValueError(
             f"{where} has terms with no letters or digits once normalised, which can never match: {empty[:5]!r}"
         )
-    return TermSet(*(tuple(sorted(set(groups[key]))) for key in KEYS))
+    patterns = _parse_list(args, PATTERNS_KEY)
+    if len(patterns) > MAX_PATTERNS:
+        raise ValueError(f"vllm_xargs.{PATTERNS_KEY} has {len(patterns)} patterns; at most {MAX_PATTERNS} are accepted")
+    for pattern in patterns:
+        try:
+            compile_pattern(pattern)
+        except PatternError as exc:
+            raise ValueError(f"vllm_xargs.{PATTERNS_KEY}: pattern {pattern!r}: {exc}") from None
+    words, prefix, inside = (tuple(sorted(set(groups[key]))) for key in KEYS)
+    return TermSet(words, prefix, inside, tuple(sorted(set(patterns))))
+
+
+def parse_facts(extra_args: dict[str, Any] | None) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """The request's (names, facts) per person; ValueError says what is wrong."""
+    out = []
+    for i, raw in enumerate(_parse_list(extra_args or {}, FACTS_KEY)):
+        try:
+            group = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"vllm_xargs.{FACTS_KEY}[{i}] is not JSON: {exc}") from None
+        if not isinstance(group, dict) or set(group) != {"names", "facts"} or not all(
+            isinstance(v, list) and v and all(isinstance(x, str) and word_chars(x) for x in v) for v in group.values()
+        ):
+            raise ValueError(f'vllm_xargs.{FACTS_KEY}[{i}] must be {{"names": [...], "facts": [...]}} with non-empty '
+                             "lists of strings that have letters or digits")  # fmt: skip
+        out.append((tuple(group["names"]), tuple(group["facts"])))
+    return out
+
+
+@lru_cache(maxsize=256)
+def _names_automaton(names: tuple[str, ...]) -> TermAutomaton:
+    return TermAutomaton.reader(names)
+
+
+def facts_named(groups: list[tuple[tuple[str, ...], tuple[str, ...]]], prompt: str) -> tuple[str, ...]:
+    """The facts of every person the prompt names."""
+    named = [facts for names, facts in groups if _names_automaton(names).matches(prompt)]
+    return tuple(fact for facts in named for fact in facts)
 
 
 def term_set_key(terms: TermSet) -> str:
@@ -149,6 +203,7 @@ class QuellLogitsProcessor(LogitsProcessor):
     def validate_params(cls, sampling_params: SamplingParams) -> None:
         parse_terms(sampling_params.extra_args)
         parse_protected(sampling_params.extra_args)
+        parse_facts(sampling_params.extra_args)
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool):
         model_config = vllm_config.model_config
@@ -189,6 +244,9 @@ class QuellLogitsProcessor(LogitsProcessor):
     def _new_request(self, params: SamplingParams, prompt_ids: list[int] | None, output_ids: list[int]) -> _Request | None:
         try:
             terms = parse_terms(params.extra_args)
+            facts = parse_facts(params.extra_args)
+            if facts:
+                terms = terms.with_terms(facts_named(facts, self._prompt_text(prompt_ids or [])))
             protected = tuple(ProtectedCursor(self._protected_for(d)) for d in parse_protected(params.extra_args))
         except Exception:  # noqa: BLE001
             log.exception("Quell: invalid terms or protected-text indexes reached the engine; ending the request")
@@ -206,6 +264,11 @@ class QuellLogitsProcessor(LogitsProcessor):
             log.exception("Quell: compiling %d terms failed; ending the request", terms.size)
             masks, cursor = None, None
         return _Request(cursor, masks, output_ids, params.max_tokens, len(prompt_ids or ()), key, protected=protected)
+
+    def _prompt_text(self, prompt_ids: list[int]) -> str:
+        vocab = self.vocab
+        data = [vocab.token_bytes[t] for t in prompt_ids if 0 <= t < vocab.size]
+        return b"".join(d for d in data if d is not None).decode("utf-8", errors="replace")
 
     def _protected_for(self, digest: str) -> ProtectedMasks:
         masks = self._protected_masks.get(digest)
