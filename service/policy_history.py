@@ -103,6 +103,9 @@ class PolicyHistory:
                     actor = self._expected.pop((pid, digest), FOLDER_ACTOR)
                     self._pending.append(HistoryEntry(pid, loaded.policy.version, digest, _content(loaded),
                                                       loaded.loaded_at, actor))  # fmt: skip
+                # An expected version that is live already (a save that changed nothing) credits nobody later.
+                for key in [k for k in self._expected if self._seen.get(k[0]) == k[1]]:
+                    del self._expected[key]
                 queued = bool(self._pending) and self.engine is not None
         except Exception:  # a history row must never fail a reload
             log.exception("policy history: could not queue the new versions")

@@ -120,7 +120,17 @@ async def _editor(request: Request, gateway: Gateway, session, policy_id: str, *
     return page(request, "policy.html", status, session=session, loaded=loaded, policy_id=policy_id, draft=text,
                 base_version=base_version or loaded.policy.version, live_text=live_text, versions=versions,
                 history_error=history_error, errors=errors, line_count=max(1, text.count("\n") + 1),
-                error_lines={e.line for e in errors if e.line}, **extra)  # fmt: skip
+                error_lines=_by_line(errors), **extra)  # fmt: skip
+
+
+def _by_line(errors: list[PolicyIssue]) -> dict[int, str]:
+    """Each marked line's reasons, for the gutter's hover text."""
+    out: dict[int, str] = {}
+    for e in errors:
+        if e.line:
+            reason = f"{e.field}: {e.message}" if e.field else e.message
+            out[e.line] = f"{out[e.line]}\n{reason}" if e.line in out else reason
+    return out
 
 
 @router.get("/policies", response_class=HTMLResponse)

@@ -119,6 +119,7 @@ def test_invalid_draft_is_not_saved_and_names_its_line(gateway_for, policy_dir) 
         still = live_version(client, "spider-redact")
     assert not check["valid"] and check["errors"][0]["line"] == line and "on_surface" in check["errors"][0]["field"]
     assert resp.status_code == 422 and "explode" in resp.text and f"line {line}" in resp.text  # draft kept
+    assert f'class="ln bad" data-line="{line}" title="targets[0].on_surface' in resp.text  # marked beside the line
     assert still == version and (policy_dir / "spider-redact.yaml").read_text() == before
 
 

@@ -18,6 +18,7 @@
     for (let n = 1; n <= lines; n++) {
       const span = document.createElement("span");
       span.className = bad.has(n) ? "ln bad" : "ln";
+      if (bad.has(n)) span.title = bad.get(n); // the reason, on hovering the marked line number
       span.dataset.line = String(n);
       span.textContent = String(n);
       gutter.appendChild(span);
@@ -42,7 +43,10 @@
       return;
     }
     if (mine !== seq) return; // a newer draft is being checked
-    const bad = new Set(answer.errors.filter(e => e.line).map(e => e.line));
+    const bad = new Map();
+    for (const e of answer.errors.filter(e => e.line)) {
+      bad.set(e.line, (bad.has(e.line) ? bad.get(e.line) + "\n" : "") + (e.field ? e.field + ": " : "") + e.message);
+    }
     list.textContent = "";
     for (const e of answer.errors) {
       const li = document.createElement("li");
@@ -57,7 +61,7 @@
   }
 
   area.addEventListener("input", function () {
-    drawGutter(new Set());
+    drawGutter(new Map());
     clearTimeout(timer);
     timer = setTimeout(validate, 300);
   });
