@@ -49,6 +49,9 @@ class Decision:
     score: float = 1.0
     start: int | None = None  # span in the response text, when the layer has one
     end: int | None = None
+    detail: str = ""
+    """What matched, where a target has several kinds of surface evidence: `pattern:<name>` or `fact` ("" for
+    terms and the other layers; left out of `as_dict` when empty)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "action", Action(self.action))  # callers may pass the plain name
@@ -63,6 +66,8 @@ class Decision:
         out["action"] = str(self.action)
         out["policy"] = out.pop("policy_ref")
         out["target"] = out.pop("target_id")
+        if not self.detail:
+            del out["detail"]
         return out
 
 

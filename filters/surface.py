@@ -33,6 +33,7 @@ class SurfaceLayer:
         protected: list[ProtectedRule] = []
         patterns: list[str] = []
         self._pattern_rules: dict[str, list[TermRule]] = {}
+        self._pattern_names: dict[str, str] = {}
         mask_patterns: list[str] = []
         facts: list[tuple[FactGroup, TermRule]] = []
         for policy in policies:
@@ -48,6 +49,7 @@ class SurfaceLayer:
                 for pattern in target.patterns:
                     patterns.append(pattern.regex)
                     self._pattern_rules.setdefault(pattern.regex, []).append(rule)
+                    self._pattern_names.setdefault(pattern.regex, pattern.name)
                     if target.on_surface is SurfaceAction.MASK:
                         mask_patterns.append(pattern.regex)
                 if target.facts:
@@ -100,8 +102,9 @@ class SurfaceLayer:
         out = []
         for m in find_matches(self.automaton, text):
             rule = self.strongest(m.term)
+            name = self._pattern_names.get(m.term)
             out.append(Decision(rule.policy_ref, rule.target_id, Layer.SURFACE, Action(rule.action.value), 1.0, m.start,
-                                m.end))  # fmt: skip
+                                m.end, f"pattern:{name}" if name else ""))  # fmt: skip
         return out + self.fact_decisions(text)
 
     def fact_decisions(self, text: str, prompt: str = "") -> list[Decision]:
@@ -113,7 +116,7 @@ class SurfaceLayer:
                 continue
             for m in find_matches(facts, text):
                 out.append(Decision(rule.policy_ref, rule.target_id, Layer.SURFACE, Action(rule.action.value), 1.0,
-                                    m.start, m.end))  # fmt: skip
+                                    m.start, m.end, "fact"))  # fmt: skip
         return out
 
     def _fact_automata_for(self, group: FactGroup) -> tuple[TermAutomaton, TermAutomaton]:

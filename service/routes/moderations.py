@@ -92,7 +92,8 @@ def _result(text: str, found: list, policies: list, detailed: bool) -> dict:
         categories[d.target_id] = True
         scores[d.target_id] = 1.0
         detections.append({"policy": d.policy_ref, "target": d.target_id, "layer": "surface", "action": d.action,
-                           "score": 1.0, "threshold": 1.0, "span": [d.start, d.end]})  # fmt: skip
+                           "score": 1.0, "threshold": 1.0, "span": [d.start, d.end],
+                           **({"match": d.detail} if d.detail else {})})  # fmt: skip
     for run in protected_runs(policies, text):  # a quote longer than the target's max_quote_words
         categories[run.rule.target_id] = True
         scores[run.rule.target_id] = 1.0

@@ -18,3 +18,15 @@ def test_a_broken_edit_keeps_the_last_good_policy(tmp_path: Path) -> None:
     registry.reload()
     assert registry.snapshot.policies["forget-jane"].policy.version == good
     assert load_policy_dir(tmp_path).errors
+
+
+def test_moderations_name_the_pattern_and_the_fact(gateway_for, policy_dir: Path) -> None:
+    (policy_dir / "forget-jane.yaml").write_text(PERSON)
+    text = "Jane Roe, born 12/03/1985, phone 555.010.0199."
+    with gateway_for() as (client, _):
+        resp = client.post("/v1/moderations", json={"input": [text, "Born 12/03/1985."]},
+                           headers={"x-quell-policies": "forget-jane"})  # fmt: skip
+    named, unnamed = resp.json()["results"]
+    found = {(d.get("match", "term"), text[d["span"][0] : d["span"][1]]) for d in named["quell"]["detections"]}
+    assert found == {("term", "Jane Roe"), ("fact", "12/03/1985"), ("pattern:jane-phone", "555.010.0199")}
+    assert named["categories"]["jane"] and not unnamed["categories"]["jane"]  # a date alone names nobody
