@@ -5,6 +5,7 @@ handlers that turn a missing session into a login redirect (pages) or a 401 (any
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
@@ -81,6 +82,11 @@ def mount(app: FastAPI) -> None:
     async def _login_required(request: Request, _: LoginRequired) -> Response:
         if _wants_page(request):
             return RedirectResponse(login_url(request), status_code=303)
+        if "text/html" in request.headers.get("accept", ""):  # a form sent after the session ended: say so
+            enabled = request.app.state.gateway.settings.admin_token is not None
+            return page(request, "login.html", 401, session=None, next=safe_next(request.headers.get("referer") and
+                        urlsplit(request.headers["referer"]).path), enabled=enabled,
+                        error="your session ended: sign in again (what you sent was not saved)")  # fmt: skip
         return JSONResponse({"error": "sign in to the console first (/console/login)"}, status_code=401)
 
     @app.exception_handler(WriteRefused)

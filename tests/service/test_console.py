@@ -55,10 +55,22 @@ def test_writes_refuse_without_a_session(gateway_for, path: str) -> None:
     assert resp.status_code == 401
 
 
+def test_a_form_sent_after_the_session_ended_offers_the_sign_in(gateway_for, policy_dir) -> None:
+    before = (policy_dir / "spider-redact.yaml").read_text()
+    with gateway_for(admin_token=TOKEN) as (client, _):
+        resp = client.post("/console/policies/spider-redact/save", data={"yaml": "id: x", "base_version": "x"},
+                           headers={**ORIGIN, "accept": "text/html", "referer": "http://testserver/console/policies/"
+                                    "spider-redact"})  # fmt: skip
+    assert resp.status_code == 401 and "session ended" in resp.text
+    assert 'name="next" value="/console/policies/spider-redact"' in resp.text
+    assert (policy_dir / "spider-redact.yaml").read_text() == before
+
+
 def test_wrong_token_and_unset_token_are_refused(gateway_for) -> None:
     with gateway_for(admin_token=TOKEN) as (client, _):
         wrong = client.post("/console/login", data={"token": "nope-nope"}, headers=ORIGIN, follow_redirects=False)
-        forged = client.get("/console/policies", cookies={"quell_console": "e30.forged.sig"}, follow_redirects=False)
+        client.cookies.set("quell_console", "e30.forged.sig", path="/console")
+        forged = client.get("/console/policies", follow_redirects=False)
     with gateway_for() as (client, _):
         unset = client.post("/console/login", data={"token": ""}, headers=ORIGIN, follow_redirects=False)
     assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
