@@ -12,6 +12,7 @@ from filters.facts import FactGroup
 from filters.normalize import word_chars
 from filters.policy import Policy, ProtectedAction, SurfaceAction
 from filters.protected_text import ProtectedRule, cached_index
+from filters.term_sets import by_hash
 from filters.text_matcher import find_matches
 
 
@@ -28,6 +29,7 @@ class SurfaceLayer:
 
     def __init__(self, policies: Sequence[Policy], direction: str | None = "output"):
         self._rules: dict[str, list[TermRule]] = {}
+        self._plugin_args: dict[str, list[str]] | None = None
         by_mode: dict[MatchMode, list[str]] = {mode: [] for mode in MatchMode}
         mask: dict[MatchMode, list[str]] = {mode: [] for mode in MatchMode}
         protected: list[ProtectedRule] = []
@@ -83,7 +85,14 @@ class SurfaceLayer:
         """Index ids (content hashes) for the decode-time plugin's `quell_protected`: only `mask` targets."""
 
     def plugin_args(self) -> dict[str, list[str]]:
-        """`vllm_xargs` for the decode-time plugin (`filters.vllm_plugin`): each mask term under its mode's key."""
+        """`vllm_xargs` for the decode-time plugin (`filters.vllm_plugin`): each mask term under its mode's key; a
+        large set as its content hash instead (`filters.term_sets`: written once, the first time it is asked for,
+        which the gateway does right after a policy load)."""
+        if self._plugin_args is None:
+            self._plugin_args = by_hash(self._inline_plugin_args())
+        return {key: list(values) for key, values in self._plugin_args.items()}
+
+    def _inline_plugin_args(self) -> dict[str, list[str]]:
         args = {
             "quell_terms": list(self.mask_terms),
             "quell_prefix_terms": [t for t in self.mask_prefix_terms if t not in set(self.mask_inside_terms)],

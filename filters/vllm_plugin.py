@@ -38,6 +38,7 @@ from filters.automaton import MatchMode, TermAutomaton, reader_mode
 from filters.normalize import word_chars
 from filters.patterns import PatternError, compile_pattern
 from filters.protected_text import ProtectedCursor, ProtectedMasks, cached_index, default_index_dir, is_digest
+from filters.term_sets import resolve as resolve_term_set
 from filters.token_mask import Cursor, TokenMasks
 from filters.vocab import VocabularyIndex
 
@@ -107,7 +108,7 @@ def _parse_list(extra_args: dict[str, Any], key: str) -> list[str]:
 
 def parse_terms(extra_args: dict[str, Any] | None) -> TermSet:
     """The request's terms, deduplicated and sorted (empty: not masked). ValueError says what is wrong."""
-    args = extra_args or {}
+    args = resolve_term_set(extra_args)  # a large set comes by hash (filters.term_sets); fails closed
     groups = {key: _parse_list(args, key) for key in KEYS}
     everything = [term for group in groups.values() for term in group]
     where = "vllm_xargs." + " + ".join(key for key, group in groups.items() if group)
@@ -136,7 +137,7 @@ def parse_terms(extra_args: dict[str, Any] | None) -> TermSet:
 def parse_facts(extra_args: dict[str, Any] | None) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     """The request's (names, facts) per person; ValueError says what is wrong."""
     out = []
-    for i, raw in enumerate(_parse_list(extra_args or {}, FACTS_KEY)):
+    for i, raw in enumerate(_parse_list(resolve_term_set(extra_args), FACTS_KEY)):
         try:
             group = json.loads(raw)
         except json.JSONDecodeError as exc:
