@@ -15,7 +15,8 @@ from service.console.web import page
 from service.deps import GatewayDep
 
 router = APIRouter()
-REPORT_HEADERS = {"Content-Security-Policy": "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'",
+REPORT_HEADERS = {"Content-Security-Policy": "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+                                             "frame-ancestors 'self'",
                   "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}  # fmt: skip
 """A report is shown as a document that runs no script and loads nothing (its plots are embedded)."""
 
@@ -48,11 +49,26 @@ async def evals(request: Request, session: SessionDep, gateway: GatewayDep) -> H
     return page(request, "evals.html", session=session, root=root, runs=_runs(root))
 
 
-@router.get("/evals/{name}")
-async def report(name: str, request: Request, session: SessionDep, gateway: GatewayDep) -> Response:
-    root = gateway.settings.eval_dir
-    found = {r["name"] for r in _runs(root) if r["report"]}  # only a listed run: no path from the URL is opened
-    if name not in found:
+def _listed(root: Path, name: str) -> dict[str, object] | None:
+    """A run with a report, by the name the listing shows: no path taken from the URL is ever opened."""
+    return next((r for r in _runs(root) if r["report"] and r["name"] == name), None)
+
+
+@router.get("/evals/{name}", response_class=HTMLResponse)
+async def report_page(name: str, request: Request, session: SessionDep, gateway: GatewayDep) -> Response:
+    """The report inside the console's page (an iframe onto the report itself)."""
+    run = _listed(gateway.settings.eval_dir, name)
+    if run is None:
         return page(request, "message.html", 404, session=session, title="Unknown eval run",
-                    message=f"No report {name!r} under {root}.")  # fmt: skip
-    return FileResponse(root / name / "report.html", media_type="text/html", headers=REPORT_HEADERS)
+                    message=f"No report {name!r} under {gateway.settings.eval_dir}.")  # fmt: skip
+    return page(request, "eval.html", session=session, run=run)
+
+
+@router.get("/evals/{name}/report")
+async def report(name: str, request: Request, session: SessionDep, gateway: GatewayDep) -> Response:
+    run = _listed(gateway.settings.eval_dir, name)
+    if run is None:
+        return page(request, "message.html", 404, session=session, title="Unknown eval run",
+                    message=f"No report {name!r} under {gateway.settings.eval_dir}.")  # fmt: skip
+    return FileResponse(gateway.settings.eval_dir / name / "report.html", media_type="text/html",
+                        headers=REPORT_HEADERS)  # fmt: skip

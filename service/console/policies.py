@@ -143,6 +143,13 @@ async def list_policies(request: Request, session: SessionDep, gateway: GatewayD
         rows.append({"id": pid, "version": lp.policy.version, "status": status, "default": lp.policy.default,
                      "loaded_at": lp.loaded_at, "file": lp.file.name, "errors": snap.errors.get(lp.file, ()),
                      "targets": len(lp.policy.targets)})  # fmt: skip
+    history = _history(request)
+    for row in rows:  # who made each live version live (empty while the store cannot answer)
+        try:
+            newest = history.versions(str(row["id"]), limit=1)
+        except AuditStoreError:
+            newest = []
+        row["by"] = newest[0].actor if newest and newest[0].version == row["version"] else ""
     live_files = {str(lp.file) for lp in snap.policies.values()}
     rejected = [(path.name, issues) for path, issues in snap.errors.items() if str(path) not in live_files]
     return page(request, "policies.html", session=session, rows=rows, rejected=rejected)
@@ -150,8 +157,8 @@ async def list_policies(request: Request, session: SessionDep, gateway: GatewayD
 
 @router.get("/policies/{policy_id}", response_class=HTMLResponse)
 async def edit_policy(request: Request, policy_id: str, session: SessionDep, gateway: GatewayDep,
-                      saved: str | None = None) -> HTMLResponse:  # fmt: skip
-    return await _editor(request, gateway, session, policy_id, saved=saved)
+                      saved: str | None = None, rolled_back: bool = False) -> HTMLResponse:  # fmt: skip
+    return await _editor(request, gateway, session, policy_id, saved=saved, rolled_back=rolled_back)
 
 
 @router.post("/api/validate")
@@ -269,4 +276,4 @@ async def rollback(request: Request, policy_id: str, session: WriterDep, gateway
     except OSError as exc:
         return await _editor(request, gateway, session, policy_id, status=409,
                              conflict=f"cannot write the policy file: {exc.strerror}")  # fmt: skip
-    return RedirectResponse(f"/console/policies/{policy_id}?saved={live}", status_code=303)
+    return RedirectResponse(f"/console/policies/{policy_id}?saved={live}&rolled_back=1", status_code=303)

@@ -15,7 +15,8 @@ TOKEN = "operator-token-123"
 ORIGIN = {"origin": "http://testserver"}
 CHAT = load("chat_spider")["exchanges"][0]["request"]["json"]  # the request as recorded: the replay answers it
 PAGES = ["/console", "/console/policies", "/console/policies/spider-redact", "/console/audit", "/console/evals",
-         "/console/policies/spider-redact/versions/000000000000", "/console/evals/run1"]  # fmt: skip
+         "/console/policies/spider-redact/versions/000000000000", "/console/evals/run1",
+         "/console/evals/run1/report"]  # fmt: skip
 WRITES = ["/console/policies/spider-redact/review", "/console/policies/spider-redact/save",
           "/console/policies/spider-redact/try", "/console/policies/spider-redact/rollback"]  # fmt: skip
 
@@ -115,6 +116,7 @@ def test_list_shows_versions_status_and_default(gateway_for, policy_dir) -> None
         html = client.get("/console/policies").text
         version = live_version(client, "spider-redact")
     assert version in html and "spider-refuse" in html and "broken.yaml" in html and "targets" in html
+    assert "<td>policy folder</td>" in html  # who made the live version live
 
 
 def test_invalid_draft_is_not_saved_and_names_its_line(gateway_for, policy_dir) -> None:
@@ -130,7 +132,7 @@ def test_invalid_draft_is_not_saved_and_names_its_line(gateway_for, policy_dir) 
                            data={"yaml": bad, "base_version": version, "csrf_token": token})  # fmt: skip
         still = live_version(client, "spider-redact")
     assert not check["valid"] and check["errors"][0]["line"] == line and "on_surface" in check["errors"][0]["field"]
-    assert resp.status_code == 422 and "explode" in resp.text and f"line {line}" in resp.text  # draft kept
+    assert resp.status_code == 422 and "explode" in resp.text and f"spider-redact.yaml:{line}: targets[0].on_surface" in resp.text  # draft kept
     assert f'class="ln bad" data-line="{line}" title="targets[0].on_surface' in resp.text  # marked beside the line
     assert still == version and (policy_dir / "spider-redact.yaml").read_text() == before
 
@@ -239,9 +241,11 @@ def test_eval_runs_are_listed_and_opened(gateway_for, tmp_path) -> None:
     with gateway_for(admin_token=TOKEN, eval_dir=root) as (client, _):
         login(client)
         listing = client.get("/console/evals").text
-        report = client.get("/console/evals/run1")
-        escape = client.get("/console/evals/..%2F..%2Fetc")
+        framed = client.get("/console/evals/run1")
+        report = client.get("/console/evals/run1/report")
+        escape = client.get("/console/evals/..%2F..%2Fetc/report")
     assert "spider-redact@abc" in listing and "half" in listing and "summary.json" in listing
+    assert framed.status_code == 200 and 'src="/console/evals/run1/report"' in framed.text
     assert report.status_code == 200 and "Quell eval report" in report.text
     assert "sandbox" in report.headers["content-security-policy"]
     assert escape.status_code == 404

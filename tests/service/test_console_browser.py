@@ -92,7 +92,7 @@ def test_operator_edits_saves_and_rolls_back(serve_gateway, browser, shots, poli
         page.fill("#yaml", bad)  # validation as you type: the gutter marks the line, the list says why
         page.wait_for_selector(f"#gutter .ln.bad[data-line='{line}']")
         assert page.locator("#gutter .ln.bad").count() == 1
-        assert f"line {line}: targets[0].on_surface" in page.inner_text("#errors")
+        assert f"spider-redact.yaml:{line}: targets[0].on_surface" in page.inner_text("#errors")
         shots(page, "editor-error")
 
         page.click("button[type=submit]:has-text('Review changes')")  # an invalid draft cannot be saved
@@ -122,7 +122,7 @@ def test_operator_edits_saves_and_rolls_back(serve_gateway, browser, shots, poli
 
         page.click(f"button.rollback[data-version='{old}']")
         page.wait_for_selector("#saved")
-        assert page.inner_text("#live-ref") == f"spider-redact@{old}"
+        assert page.inner_text("#live-ref") == f"spider-redact@{old}" and "Rolled back" in page.inner_text("#saved")
         shots(page, "history")
         again = httpx.post(f"{base}/v1/chat/completions", json=CHAT, timeout=30)
         assert f"spider-redact@{old}" in again.headers["x-quell-policies"]
@@ -136,11 +136,12 @@ def test_operator_edits_saves_and_rolls_back(serve_gateway, browser, shots, poli
         assert "spider-redact@4b0c8a1f2e3d" in page.inner_text("#evals")
         shots(page, "evals")
         page.click("text=open report")
-        assert "Quell eval report" in page.inner_text("h1")
+        assert "Quell eval report" in page.frame_locator("#report").locator("h1").inner_text()
+        shots(page, "eval-report")
 
 
 PAGES = ["/console/policies", "/console/policies/spider-redact", "/console/audit", "/console/evals",
-         "/console/evals/spider-2026-12-01"]  # fmt: skip
+         "/console/evals/spider-2026-12-01", "/console/evals/spider-2026-12-01/report"]  # fmt: skip
 FORMS = ["review", "save", "try", "rollback"]
 
 

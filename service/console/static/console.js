@@ -52,7 +52,7 @@
       const li = document.createElement("li");
       li.className = "error";
       li.dataset.line = e.line || "";
-      li.textContent = "line " + (e.line || "?") + ": " + (e.field ? e.field + ": " : "") + e.message;
+      li.textContent = e.text; // file:line: field: reason, as a reload would log it
       list.appendChild(li);
     }
     validity.textContent = answer.valid ? "valid: would be version " + answer.version : "invalid: not saved";
