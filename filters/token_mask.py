@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 MAX_CACHED_MASKS = 1024
 """Masks kept per term set (one bool per token id: 48 KiB for a 49k vocabulary); cleared when full."""
 MAX_CACHED_END_STATES = 128
+PATTERN_WARM_DIGITS = 12
+"""`warm_start` with patterns also walks runs of up to this many digits (phone and card numbers)."""
 """End-state arrays kept per term set (one int32 per token id); cleared when full."""
 
 
@@ -93,7 +95,8 @@ class TokenMasks:
 
     def warm_start(self, depth: int = 2, budget_s: float | None = None, stop: threading.Event | None = None) -> int:
         """Precompute the masks decoding meets first: at a word start and inside a word that began no term, then
-        after each term's first `depth` characters from there, breadth first. Stops after `budget_s` seconds, when
+        after each term's first `depth` characters from there, breadth first (with patterns, also along a run of
+        digits). Stops after `budget_s` seconds, when
         `stop` is set, or when the mask cache is full. Returns the number of masks it computed (not found cached).
 
         Meant for a background thread at compile time (`filters.vllm_plugin`): first visits to these states would
@@ -104,6 +107,10 @@ class TokenMasks:
         for key in automaton.keys:
             for i in range(min(depth, len(key))):
                 following.setdefault(key[:i], set()).add(key[i])
+        if automaton.patterns:  # identifiers: the states of a digit run (one digit stands for all), and after a space
+            following.setdefault("", set()).update("05")
+            for run in range(1, PATTERN_WARM_DIGITS):
+                following.setdefault("5" * run, set()).update("5 ")
         # (state, after_lower, the term characters that led there)
         frontier = [(START, False, ""), (automaton.step(START, OTHER_CLASS), True, "")]
         seen: set[tuple[int, bool]] = set()
@@ -121,7 +128,7 @@ class TokenMasks:
                         self.banned(state, after_lower=after_lower)
                         done += 1
                 for ch in sorted(following.get(path, ())):
-                    nxt.append((automaton.run(state, automaton.classes(ch)), True, path + ch))
+                    nxt.append((automaton.run(state, automaton.classes(ch)), ch.islower(), path + ch))
             frontier = nxt
         return done
 
