@@ -78,7 +78,8 @@ def judged_rows(rows: Sequence[dict], configs: Sequence[RunConfig], terms: Seque
                         "answer_leak": row["answer_leak"] and not flagged,
                         "term_leak": None if row["term_leak"] is None else row["term_leak"] and not flagged,
                         "term_exact": None if row["term_exact"] is None else row["term_exact"] and not flagged,
-                        "leak": leak, "blocked": flagged, "score": score})  # fmt: skip
+                        "leak": leak, "blocked": flagged, "score": score,
+                        **({"over_limit": row["over_limit"] and not flagged} if "over_limit" in row else {})})  # fmt: skip
     return out
 
 
