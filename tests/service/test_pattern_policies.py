@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
 
 from filters.policy_loader import load_policy_dir
 from service.policy_registry import PolicyRegistry
@@ -30,3 +33,34 @@ def test_moderations_name_the_pattern_and_the_fact(gateway_for, policy_dir: Path
     found = {(d.get("match", "term"), text[d["span"][0] : d["span"][1]]) for d in named["quell"]["detections"]}
     assert found == {("term", "Jane Roe"), ("fact", "12/03/1985"), ("pattern:jane-phone", "555.010.0199")}
     assert named["categories"]["jane"] and not unnamed["categories"]["jane"]  # a date alone names nobody
+
+
+PATTERN_POLICY = """\
+id: pattern-demo
+targets:
+  - id: powers
+    patterns:
+      - {name: light-trick, regex: 'manipulat[a-z]* ?light'}
+    on_surface: redact
+"""
+
+
+@pytest.mark.parametrize("name", ["chat_spider", "chat_spider_stream"])
+def test_the_text_backstop_redacts_a_pattern_in_json_and_streams(gateway_for, policy_dir: Path, name: str) -> None:
+    """Patterns reach the per-choice backstop through the shared automaton, with no code of their own there."""
+    (policy_dir / "pattern-demo.yaml").write_text(PATTERN_POLICY)
+    headers = {"x-quell-policies": "pattern-demo"}
+    with gateway_for(name) as (client, replay):
+        body = replay.request_body(name)
+        if body.get("stream"):
+            with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as resp:
+                events = [json.loads(line[5:]) for line in resp.iter_lines()
+                          if line.startswith("data:") and line.strip() != "data: [DONE]"]  # fmt: skip
+            text = "".join(c["choices"][0]["delta"].get("content") or "" for c in events if c.get("choices"))
+            results = [c["choices"][0]["content_filter_results"] for c in events
+                       if c.get("choices") and c["choices"][0].get("content_filter_results")][-1]  # fmt: skip
+        else:
+            choice = client.post("/v1/chat/completions", json=body, headers=headers).json()["choices"][0]
+            text, results = choice["message"]["content"], choice["content_filter_results"]
+    assert "he can [redacted]" in text and "light" not in text, text  # recorded: "... he can manipulate light."
+    assert results["powers"]["action"] == "redact" and results["powers"]["filtered"]
