@@ -39,6 +39,8 @@ _EXPORTS = {
     "Embedder": "filters.embedding",
     "Encoder": "filters.embedding",
     "SemanticGuard": "filters.semantic",
+    "Judges": "filters.judge",
+    "JudgeEndpoint": "filters.judge",
     # protected text
     "find_runs": "filters.protected_text",
     # the output pipeline
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
     from filters.automaton import MatchMode, TermAutomaton
     from filters.decision import Action, Decision, Layer, content_filter_results
     from filters.embedding import Embedder, Encoder
+    from filters.judge import JudgeEndpoint, Judges
     from filters.output_pipeline import OutputPipeline
     from filters.policy import Policy, Target
     from filters.policy_loader import PolicyError, PolicyIssue, load_policy_dir, load_policy_file, parse_policy

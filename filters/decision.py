@@ -13,6 +13,7 @@ class Layer(StrEnum):
     EMBEDDING = "embedding"
     CLASSIFIER = "classifier"
     PROTECTED_TEXT = "protected_text"  # a run of protected corpus words longer than the policy allows
+    JUDGE = "judge"  # a judge model's yes (or its time-out, failing closed) on a window the classifier was unsure of
 
 
 class Action(StrEnum):

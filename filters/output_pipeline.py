@@ -4,7 +4,9 @@
 Stages, each fed only what the stages before it let out:
 1. surface: terms (and anything else compiled into the surface automaton) through `OutputGuard`, the text backstop;
 2. protected text: runs of protected corpus words longer than a target allows (`ProtectedStream`);
-3. semantic: concept windows (`SemanticStream` over a `SemanticGuard`).
+3. semantic: concept windows (`SemanticStream` over a `SemanticGuard`), and when the pipeline has `judge`, the
+   judge model on the windows a concept's classifier is unsure about (`filters.judge`; its decisions have layer
+   `judge`).
 
 Streams and JSON responses go through the same stages. In a stream the semantic stage holds text back in `safe`
 mode until a window holding it passed (`fast`: released at once, the stream is cut on detection), and any blocking
@@ -21,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from filters.decision import Action, Decision, Layer
+from filters.judge import Judges
 from filters.policy import ConceptAction, StreamMode
 from filters.protected_text import ProtectedStream
 from filters.semantic import Detection, SemanticGuard
@@ -45,6 +48,8 @@ class OutputPipeline:
     semantic_seconds: float = 0.0
     protected: ProtectedStream | None = None
     """Protected-text runs, checked on what the surface stage lets out (built from the surface layer's rules)."""
+    judge: Judges | None = None
+    """The judge for concepts that have one (`concept.judge`); None: their classifier's threshold decides."""
     _stream: SemanticStream | None = None
     _released: int = 0  # how much of the semantic stream's text went out
     _stopped: bool = False
@@ -88,7 +93,7 @@ class OutputPipeline:
         if self._stream is None:
             # Holding text back (safe mode) only pays when a detection can block; flag-only targets stream at once.
             blocking = any(m.target.on_concept is not ConceptAction.FLAG for m in self.semantic.models_for("output"))
-            self._stream = SemanticStream(self.semantic, mode=None if blocking else StreamMode.FAST)
+            self._stream = SemanticStream(self.semantic, mode=None if blocking else StreamMode.FAST, judge=self.judge)
         stream = self._stream
         started = time.perf_counter()
         found = await stream.feed_async(step.text) if step.text else []
@@ -124,7 +129,11 @@ class OutputPipeline:
             self._stopped = stopped
             return out, stopped
         started = time.perf_counter()
-        decisions = semantic_decisions(await self.semantic.check_async(out))
+        if self.judge is None:
+            found = await self.semantic.check_async(out)
+        else:
+            found = await self.judge.resolve(out, await self.semantic.check_async(out, judge_band=True))
+        decisions = semantic_decisions(found)
         self.semantic_seconds += time.perf_counter() - started
         self._decisions += decisions
         acting = [d for d in decisions if d.action.blocks]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from enum import StrEnum
 from functools import cached_property
 from typing import Final, Literal
@@ -96,6 +97,68 @@ class Thresholds(_Strict):
         return float(value)
 
 
+class OnTimeout(StrEnum):
+    """What a window the judge could not answer in time (or answered with an error) counts as."""
+
+    BLOCK = "block"  # fail closed: the window counts as the concept
+    PASS = "pass"  # fail open: the window passes
+
+
+class ConceptJudge(_Strict):
+    """The judge stage (`filters.judge`): classifier windows scored inside an uncertainty band go to a judge model
+    (any OpenAI-compatible chat endpoint), whose yes/no answer decides them. Below the band a window passes, at or
+    above it the classifier's verdict stands, without a call.
+
+    The band is either `band: [low, high]` in classifier probabilities, or `band_fpr: [wide, narrow]`: `low` is the
+    score that a share `wide` of the negative texts (counterexamples + background, scored by the trained head)
+    reach, `high` the score that a share `narrow` reach; the classifier's threshold always lies inside. Neither
+    given: `band_fpr: [0.2, 0.0]`."""
+
+    band: tuple[float, float] | None = None
+    band_fpr: tuple[float, float] | None = None
+    url: str | None = None
+    """Base URL of the judge's OpenAI-compatible API (e.g. http://gpu-node:8000/v1). Unset: the gateway's
+    QUELL_JUDGE_URL, else the gateway's own backend."""
+    model: str | None = None
+    """Unset: the gateway's QUELL_JUDGE_MODEL, else the first model the endpoint lists."""
+    timeout_ms: int = Field(default=3000, ge=10, le=120_000)
+    """Time budget per window, queueing included; past it the window follows `on_timeout`."""
+    on_timeout: OnTimeout | None = None
+    """Unset: `block` when the target's on_concept is `refuse`, `pass` otherwise."""
+    yes_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    """The judge says yes when P(yes), normalised over yes/no, reaches this. 0.5 for a judge that answers like a
+    classifier; a judge model that leans to one answer can be recalibrated on texts the operator labelled."""
+
+    @field_validator("band")
+    @classmethod
+    def _band_in_order(cls, band: tuple[float, float] | None) -> tuple[float, float] | None:
+        if band is not None and not 0.0 <= band[0] < band[1] <= 1.0:
+            raise ValueError(f"band must be [low, high] with 0 <= low < high <= 1 (classifier probabilities), got "
+                             f"{list(band)}")  # fmt: skip
+        return band
+
+    @field_validator("band_fpr")
+    @classmethod
+    def _band_fpr_in_order(cls, band: tuple[float, float] | None) -> tuple[float, float] | None:
+        if band is not None and not 0.5 >= band[0] > band[1] >= 0.0:
+            raise ValueError(f"band_fpr must be [wide, narrow] with 0.5 >= wide > narrow >= 0 (shares of negative "
+                             f"texts), got {list(band)}")  # fmt: skip
+        return band
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_http(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"url must be an http(s) base URL such as http://host:8000/v1, got {url!r}")
+        return url
+
+    @model_validator(mode="after")
+    def _one_band(self) -> ConceptJudge:
+        if self.band is not None and self.band_fpr is not None:
+            raise ValueError("give band or band_fpr, not both")
+        return self
+
+
 class Concept(_Strict):
     """What the semantic layers look for: a description, examples of it, and near things that are not it."""
 
@@ -106,6 +169,8 @@ class Concept(_Strict):
     thresholds: Thresholds = Field(default_factory=Thresholds)
     target_fpr: float = Field(default=0.01, gt=0.0, le=0.2)
     """False-positive rate `auto` thresholds aim for, measured on counterexamples + the shipped background set."""
+    judge: ConceptJudge | None = None
+    """A judge model for the classifier's uncertain windows (see ConceptJudge); unset: the classifier decides."""
 
     @field_validator("examples")
     @classmethod
@@ -137,6 +202,9 @@ class Concept(_Strict):
                     f"thresholds.{layer.value} is set but {layer.value!r} is not in layers "
                     f"{[str(x) for x in self.layers]}; add it to layers or remove the threshold"
                 )
+        if self.judge is not None and SemanticLayer.CLASSIFIER not in self.layers:
+            raise ValueError("judge decides the classifier's uncertain windows: add classifier to layers or remove "
+                             "judge")  # fmt: skip
         return self
 
 
@@ -295,6 +363,15 @@ class Target(_Strict):
         if self.facts and not self.terms:
             raise ValueError("facts are masked where the person is named: give the target the terms that name them")
         return self
+
+
+    @property
+    def judge_on_timeout(self) -> OnTimeout:
+        """The concept judge's time-out policy, its default resolved: fail closed for `refuse` targets."""
+        judge = self.concept.judge if self.concept is not None else None
+        if judge is not None and judge.on_timeout is not None:
+            return judge.on_timeout
+        return OnTimeout.BLOCK if self.on_concept is ConceptAction.REFUSE else OnTimeout.PASS
 
 
 Direction = Literal["input", "output"]

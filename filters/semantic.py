@@ -16,6 +16,7 @@ merged) whose score reached the layer's threshold.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,11 +29,14 @@ from filters.concept_classifier import (
     ClassifierCache,
     ConceptClassifier,
     load_background,
+    pick_threshold,
     texts_digest,
 )
 from filters.embedding import Embedder
 from filters.embedding_blocklist import EmbeddingBlocklist
-from filters.policy import ConceptAction, InputScope, Policy, SemanticLayer, Target, Window, WindowUnit
+from filters.policy import Concept, ConceptAction, InputScope, Policy, SemanticLayer, Target, Window, WindowUnit
+
+log = logging.getLogger("quell.semantic")
 
 Direction = Literal["input", "output"]
 BoundarySource = Literal["background", "example", "counterexample"]
@@ -44,11 +48,18 @@ class Detection:
 
     policy_ref: str  # "id@version"
     target_id: str
-    layer: Literal["embedding", "classifier"]
-    score: float  # cosine in [-1, 1] (embedding) or probability in [0, 1] (classifier)
+    layer: Literal["embedding", "classifier", "judge"]
+    score: float  # cosine in [-1, 1] (embedding) or probability in [0, 1] (classifier; judge: P(yes))
     threshold: float
     action: ConceptAction
     span: tuple[int, int]
+    uncertain: bool = False
+    """A classifier window inside its concept's judge band, asked for with `judge_band=True`: the judge decides it
+    (`filters.judge.Judges.resolve`); a caller without a judge reads it by `flagged` as the classifier's verdict."""
+    target: Target | None = field(default=None, compare=False, repr=False)
+    """The concept target, on uncertain detections (the judge builds its question from it)."""
+    judge_outcome: str | None = None
+    """On judge detections: yes, or timeout / error when the window was blocked because the judge failed closed."""
 
     @property
     def flagged(self) -> bool:
@@ -154,6 +165,26 @@ def window_text(text: str, span: tuple[int, int]) -> str:
 
 # ---- per-target models -------------------------------------------------------------------------------------------
 
+DEFAULT_BAND_FPR = (0.2, 0.0)
+
+
+def judge_band(concept: Concept, classifier: ConceptClassifier, negative_scores: np.ndarray) -> tuple[float, float]:
+    """The (low, high) classifier scores between which the judge decides (`filters.policy.ConceptJudge`).
+
+    `band_fpr: [wide, narrow]` reads them off the trained head's scores on the negative texts (counterexamples +
+    background; in-sample, so slightly lower than held-out scores would be): low is the score that a share `wide`
+    of them reach, high the score that a share `narrow` reach. The threshold always lies inside the band."""
+    judge = concept.judge
+    if judge is None:
+        raise ValueError("judge_band: the concept has no judge")
+    if judge.band is not None:
+        low, high = judge.band
+    else:
+        wide, narrow = judge.band_fpr or DEFAULT_BAND_FPR
+        low, high = pick_threshold(negative_scores, wide), pick_threshold(negative_scores, narrow)
+    return min(low, classifier.threshold), max(high, float(np.nextafter(classifier.threshold, np.inf)))
+
+
 
 @dataclass(frozen=True, eq=False)
 class TargetModel:
@@ -161,6 +192,8 @@ class TargetModel:
     target: Target
     blocklist: EmbeddingBlocklist | None
     classifier: ConceptClassifier | None
+    band: tuple[float, float] | None = None
+    """The judge band (low, high) on classifier scores, when the concept has a judge (see `judge_band`)."""
 
     def layer_scores(self, vectors: np.ndarray) -> Iterable[tuple[str, np.ndarray, float]]:
         if self.blocklist is not None:
@@ -241,7 +274,12 @@ class SemanticGuard:
                 target_fpr=concept.target_fpr,
                 name=f"{policy.ref}/{target.id}",
             )
-        return TargetModel(policy, target, blocklist, classifier)
+        band = None
+        if classifier is not None and concept.judge is not None:
+            band = judge_band(concept, classifier, classifier.scores(negatives))
+            log.info("%s/%s: judge band %.4f-%.4f around threshold %.4f (%d negative texts)", policy.ref, target.id,
+                     band[0], band[1], classifier.threshold, len(negatives))  # fmt: skip
+        return TargetModel(policy, target, blocklist, classifier, band)
 
     def warnings(self) -> list[ConceptWarning]:
         """Concept targets whose classifier is not ready to `refuse` on (low cross-validated recall on its own
@@ -298,7 +336,7 @@ class SemanticGuard:
         return plan
 
     def _verdicts(
-        self, plan: _Plan, vectors: np.ndarray, models: list[TargetModel], flagged_only: bool
+        self, plan: _Plan, vectors: np.ndarray, models: list[TargetModel], flagged_only: bool, judge_band: bool = False
     ) -> list[list[Detection]]:
         results: list[list[Detection]] = []
         for parts in plan.parts:
@@ -310,7 +348,7 @@ class SemanticGuard:
                     continue
                 rows = vectors[offset : offset + len(spans)]
                 for layer, scores, threshold in model.layer_scores(rows):
-                    found.extend(_detections(model, layer, scores, threshold, spans, flagged_only))
+                    found.extend(_detections(model, layer, scores, threshold, spans, flagged_only, judge_band))
             results.append(found)
         return results
 
@@ -320,14 +358,18 @@ class SemanticGuard:
         plan = self._plan(texts, models)
         return self._verdicts(plan, self._encode(plan), models, flagged_only=False)
 
-    def check_batch(self, texts: Sequence[str], direction: Direction | None = "output") -> list[list[Detection]]:
-        """Per text, the flagged detections (overlapping flagged windows of one target and layer merged)."""
+    def check_batch(
+        self, texts: Sequence[str], direction: Direction | None = "output", *, judge_band: bool = False
+    ) -> list[list[Detection]]:
+        """Per text, the flagged detections (overlapping flagged windows of one target and layer merged).
+        `judge_band`: for concepts with a judge, classifier windows inside the band come back one by one, marked
+        `uncertain`, whatever their score (for `filters.judge.Judges.resolve`)."""
         models = self.models_for(direction)
         plan = self._plan(texts, models)
-        return self._verdicts(plan, self._encode(plan), models, flagged_only=True)
+        return self._verdicts(plan, self._encode(plan), models, flagged_only=True, judge_band=judge_band)
 
-    def check(self, text: str, direction: Direction | None = "output") -> list[Detection]:
-        return self.check_batch([text], direction)[0]
+    def check(self, text: str, direction: Direction | None = "output", *, judge_band: bool = False) -> list[Detection]:
+        return self.check_batch([text], direction, judge_band=judge_band)[0]
 
     async def scores_async(self, texts: Sequence[str], direction: Direction | None = "output") -> list[list[Detection]]:
         models = self.models_for(direction)
@@ -335,14 +377,17 @@ class SemanticGuard:
         return self._verdicts(plan, await self._encode_async(plan), models, flagged_only=False)
 
     async def check_batch_async(
-        self, texts: Sequence[str], direction: Direction | None = "output"
+        self, texts: Sequence[str], direction: Direction | None = "output", *, judge_band: bool = False
     ) -> list[list[Detection]]:
         models = self.models_for(direction)
         plan = self._plan(texts, models)
-        return self._verdicts(plan, await self._encode_async(plan), models, flagged_only=True)
+        vectors = await self._encode_async(plan)
+        return self._verdicts(plan, vectors, models, flagged_only=True, judge_band=judge_band)
 
-    async def check_async(self, text: str, direction: Direction | None = "output") -> list[Detection]:
-        return (await self.check_batch_async([text], direction))[0]
+    async def check_async(
+        self, text: str, direction: Direction | None = "output", *, judge_band: bool = False
+    ) -> list[Detection]:
+        return (await self.check_batch_async([text], direction, judge_band=judge_band))[0]
 
     def _encode(self, plan: _Plan) -> np.ndarray:
         return self.embedder.encode(plan.texts) if plan.texts else np.zeros((0, 1), dtype=np.float32)
@@ -408,8 +453,9 @@ def _detections(
     threshold: float,
     spans: list[tuple[int, int]],
     flagged_only: bool,
+    judge_band: bool = False,
 ) -> list[Detection]:
-    def make(score: float, span: tuple[int, int]) -> Detection:
+    def make(score: float, span: tuple[int, int], uncertain: bool = False) -> Detection:
         return Detection(
             policy_ref=model.policy.ref,
             target_id=model.target.id,
@@ -418,12 +464,18 @@ def _detections(
             threshold=float(threshold),
             action=model.target.on_concept,
             span=span,
+            uncertain=uncertain,
+            target=model.target if uncertain else None,
         )
 
     if not flagged_only:
         best = int(np.argmax(scores))
         return [make(scores[best], spans[best])]
     out: list[Detection] = []
+    band = model.band if judge_band and layer == SemanticLayer.CLASSIFIER.value else None
+    if band is not None:  # the judge decides the windows inside the band; above it the classifier's verdict stands
+        out = [make(x, span, uncertain=True) for x, span in zip(scores, spans, strict=True) if band[0] <= x < band[1]]
+        threshold = band[1]
     run_start, run_end = 0, None  # the flagged run being merged; run_start is read only while run_end is set
     run_score = -np.inf
     for score, (start, end) in zip(scores, spans, strict=True):

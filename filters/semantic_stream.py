@@ -7,7 +7,9 @@ Call order, per response:
         release text[released:stream.safe_end]  # (together with the surface matcher's safe_end: take the minimum)
         if any(d.action != "flag" for d in detections): cut the stream (finish_reason "content_filter")
     detections = stream.finish()                # checks the last, partial window; then safe_end == position
-`feed_async` / `finish_async` do the same with the embedder off the event loop.
+`feed_async` / `finish_async` do the same with the embedder off the event loop, and, given `judge`
+(`filters.judge.Judges`), have the judge decide the windows its concepts' classifiers are unsure about before
+anything is released or blocked (the sync `feed` / `finish` leave those to the classifier's own threshold).
 
 Modes (`Policy.semantic.stream_mode`):
 - safe: `safe_end` only passes text once a window holding it was checked and passed. With the default window
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,6 +40,9 @@ from filters.semantic import (
     window_ranges,
     window_text,
 )
+
+if TYPE_CHECKING:
+    from filters.judge import Judges
 
 
 @dataclass
@@ -59,8 +65,16 @@ class _Pending:
 
 
 class SemanticStream:
-    def __init__(self, guard: SemanticGuard, *, direction: Direction = "output", mode: StreamMode | None = None):
+    def __init__(
+        self,
+        guard: SemanticGuard,
+        *,
+        direction: Direction = "output",
+        mode: StreamMode | None = None,
+        judge: Judges | None = None,
+    ):
         self._guard = guard
+        self._judge = judge
         models = guard.models_for(direction)
         if mode is None:
             safe = any(m.policy.semantic.stream_mode == StreamMode.SAFE for m in models)
@@ -112,13 +126,20 @@ class SemanticStream:
 
     async def feed_async(self, text: str) -> list[Detection]:
         pending = self._accept(text, final=False)
-        return self._apply(pending, await self._encode_async(pending))
+        return await self._apply_async(pending, await self._encode_async(pending))
 
     async def finish_async(self) -> list[Detection]:
         pending = self._accept("", final=True)
-        found = self._apply(pending, await self._encode_async(pending))
+        found = await self._apply_async(pending, await self._encode_async(pending))
         self._finished = True
         return found
+
+    async def _apply_async(self, pending: list[_Pending], encoded: tuple[np.ndarray, float] | None) -> list[Detection]:
+        if encoded is None or self._judge is None:
+            return self._apply(pending, encoded)
+        found = self._score(pending, encoded[0], judge_band=True)
+        found = await self._judge.resolve(self._text, found)
+        return self._commit(pending, found, encoded[1])
 
     # ---- internals -----------------------------------------------------------------------------------------------
 
@@ -158,7 +179,9 @@ class SemanticStream:
     def _apply(self, pending: list[_Pending], encoded: tuple[np.ndarray, float] | None) -> list[Detection]:
         if encoded is None:
             return []
-        vectors, started = encoded
+        return self._commit(pending, self._score(pending, encoded[0]), encoded[1])
+
+    def _score(self, pending: list[_Pending], vectors: np.ndarray, judge_band: bool = False) -> list[Detection]:
         found: list[Detection] = []
         row = 0
         for p in pending:
@@ -166,7 +189,10 @@ class SemanticStream:
             row += len(p.spans)
             for model in p.track.models:
                 for layer, scores, threshold in model.layer_scores(rows):
-                    found.extend(_detections(model, layer, scores, threshold, p.spans, flagged_only=True))
+                    found.extend(_detections(model, layer, scores, threshold, p.spans, True, judge_band))
+        return found
+
+    def _commit(self, pending: list[_Pending], found: list[Detection], started: float) -> list[Detection]:
         blocking = [d for d in found if d.action != ConceptAction.FLAG]
         if blocking:
             self._blocked_at = self.safe_end  # what passed before this check stays released, nothing after

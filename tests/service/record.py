@@ -18,6 +18,8 @@ import httpx
 
 from service.settings import Settings
 from service.vllm_process import ManagedVLLM
+from tests.judge_support import WINDOWS as JUDGE_WINDOWS
+from tests.judge_support import judge_request
 from tests.procs import ROOT, free_port
 from tests.service.replay import RECORDINGS
 
@@ -56,6 +58,10 @@ COPY = [{"role": "user", "content": f"Repeat this passage exactly, in upper case
 REQUESTS["chat_copy_dickens"] = [("POST", "/v1/chat/completions", {**GREEDY, "max_tokens": 80, "messages": COPY})]
 REQUESTS["chat_copy_dickens_stream"] = [("POST", "/v1/chat/completions", {**GREEDY, "max_tokens": 80,
                                                                           "messages": COPY, "stream": True})]
+
+# The concept judge (issue 14): the model's one-token answer, with its logprobs, to the judge's question per window.
+REQUESTS["judge_smollm"] = [("GET", "/v1/models", None)] + [
+    ("POST", "/v1/chat/completions", judge_request(w)) for w in JUDGE_WINDOWS]  # fmt: skip
 
 
 def record(client: httpx.Client, name: str) -> None:
