@@ -18,6 +18,7 @@ from typing import Any
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from filters.decision import Action, Decision, Layer, content_filter_results
+from filters.judge import Judges
 from filters.output_pipeline import OutputPipeline
 from filters.policy import Policy
 from filters.semantic import SemanticGuard
@@ -72,7 +73,8 @@ async def handle(endpoint: Endpoint, request: ChatCompletionRequest | Completion
         raise input_screen.blocked_error(inbound, content_filter_results(inbound))
     ctx = RequestContext.of(endpoint, body, policies, decode_mask=gateway.decode_mask,
                             text_backstop=gateway.settings.text_backstop,
-                            semantic=await runtime.guard(runtime.relevant(policies, "output")), request_id=request_id,
+                            semantic=await runtime.guard(runtime.relevant(policies, "output")), judge=gateway.judges,
+                            request_id=request_id,
                             report=report, observe_layer=gateway.metrics.observe_layer)  # fmt: skip
     with gateway.metrics.time_backend(endpoint.name):  # for streams: until the response starts
         if request.stream:
@@ -91,6 +93,7 @@ class RequestContext:
     decode_mask: bool
     text_backstop: bool
     semantic: SemanticGuard | None = None
+    judge: Judges | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     report: Report | None = None
     observe_layer: Callable[[str, float], None] | None = None
@@ -131,7 +134,7 @@ class RequestContext:
     def new_pipeline(self) -> OutputPipeline:
         layer = self.surface if self.text_backstop else SurfaceLayer([])
         refusals = {p.ref: p.refusal for p in self.policies}
-        return OutputPipeline(OutputGuard(layer), self.semantic, refusals)
+        return OutputPipeline(OutputGuard(layer), self.semantic, refusals, judge=self.judge)
 
 
 async def respond_json(backend: Backend, req: RequestContext) -> JSONResponse:

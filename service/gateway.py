@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from filters.decision import Decision
+from filters.judge import JudgeEndpoint, Judges, Verdict
 from service.audit import AuditEvent, AuditLog
 from service.auth import KeyRing
 from service.backend import Backend
@@ -40,7 +41,23 @@ class Gateway:
     """True once the backend answered and its capability is known; requests get 503 until then."""
     backend_error: str | None = None
     """Why the backend cannot be used now (for /readyz and the 503s); None when it can."""
+    judges: Judges | None = None
+    """The concept judge's clients (`filters.judge`): QUELL_JUDGE_URL, else this gateway's own backend."""
     _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.judges is None:
+            s = self.settings
+            if s.judge_url:
+                key = s.judge_api_key.get_secret_value() if s.judge_api_key else None
+                endpoint = JudgeEndpoint(s.judge_url.rstrip("/"), key)
+            else:  # the backend's client: its address and key follow a managed vLLM's restarts
+                endpoint = JudgeEndpoint(resolve=lambda: (f"{self.backend.base_url}/v1", None),
+                                         client=self.backend.client)  # fmt: skip
+            self.judges = Judges(endpoint, s.judge_model, concurrency=s.judge_concurrency, observe=self._judged)
+
+    def _judged(self, verdict: Verdict) -> None:
+        self.metrics.observe_judge(str(verdict.outcome), verdict.cached, verdict.seconds)
 
     def report(self, decisions: list[Decision], text: str, request_id: str, tenant: str) -> None:
         """Every suppression decision goes to the metrics and, off the response path, to the audit store."""

@@ -80,6 +80,12 @@ class Metrics:
             self.backend_restarts.labels(cause=cause)
         self.backend_up = Gauge(
             "quell_backend_up", "1 while the managed vLLM is running and proven to be this gateway's own.", registry=r)
+        self.judge_calls = Counter(
+            "quell_judge_calls", "Windows put to the concept judge, by outcome (yes, no, timeout, error) and whether "
+            "the answer came from its cache.", ["outcome", "cached"], registry=r)  # fmt: skip
+        self.judge_latency = Histogram(
+            "quell_judge_latency_seconds", "Time the judge took on one window (cache hits excluded).",
+            buckets=LAYER_BUCKETS + (5.0, 10.0), registry=r)  # fmt: skip
         self.streams_cut = Counter(
             "quell_streams_cut", "Streams ended early with an error event and [DONE], by cause (backend_lost, "
             "backend_timeout, shutdown, internal).", ["cause"], registry=r)  # fmt: skip
@@ -94,6 +100,11 @@ class Metrics:
     def count_decisions(self, decisions: Iterable[Decision]) -> None:
         for d in decisions:
             self.suppressions.labels(policy=d.policy_id, target=d.target_id, layer=str(d.layer), action=d.action).inc()
+
+    def observe_judge(self, outcome: str, cached: bool, seconds: float) -> None:
+        self.judge_calls.labels(outcome=outcome, cached=str(cached).lower()).inc()
+        if not cached:
+            self.judge_latency.observe(seconds)
 
     def observe_layer(self, layer: str, seconds: float) -> None:
         self.layer_latency.labels(layer=str(layer)).observe(seconds)

@@ -67,6 +67,15 @@ class Settings(BaseSettings):
     embeddings_model: str = "all-MiniLM-L6-v2"
     embeddings_api_key: str | None = None
 
+    judge_url: str | None = None
+    """OpenAI-compatible base URL (ending in /v1) of the judge model for concepts with `judge` in their policy;
+    unset: the gateway's own backend. A policy's `concept.judge.url` overrides it for that concept."""
+    judge_model: str | None = None
+    """Judge model name; unset: the first model the judge endpoint lists."""
+    judge_api_key: SecretStr | None = None
+    judge_concurrency: int = Field(8, ge=1, le=1024)
+    """Judge calls in flight at once per judge endpoint (each window's time budget includes waiting for a slot)."""
+
     admin_token: SecretStr | None = None
     """Operator token for /admin (Bearer). Unset: the admin API answers 401 to everyone."""
     eval_dir: Path = Path(".cache/eval")
