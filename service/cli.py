@@ -135,13 +135,15 @@ def policy_test(
     path: Annotated[Path, typer.Argument(help="A policy file")],
     text: Annotated[str | None, typer.Argument(help="Text to check (default: read standard input)")] = None,
     semantic: Annotated[bool, typer.Option(help="Also run the semantic layers (loads the local embedder)")] = False,
+    boundary: Annotated[int, typer.Option(help="With --semantic: how many texts nearest each concept's decision "
+                                               "boundary to show")] = 5,
 ) -> None:
     """Which layers of a policy fire on a text, with spans and scores. Exit 0: nothing fired, 1: something did."""
     import asyncio
 
     from rich.table import Table
 
-    from service.inspect import inspect_text
+    from service.inspect import concept_notes, inspect_text
 
     try:
         policy = load_policy_file(path)
@@ -157,6 +159,8 @@ def policy_test(
 
         runtime = SemanticRuntime(make_embedder(Settings()), frozenset({"embedding", "classifier"}))
     decisions = asyncio.run(inspect_text(runtime, [policy], text))
+    if runtime is not None:
+        _print_concept_notes(asyncio.run(concept_notes(runtime, [policy], boundary)))
     if not decisions:
         console.print(f"[green]nothing fired[/] ({policy.ref})", highlight=False)
         raise typer.Exit(0)
@@ -166,6 +170,27 @@ def policy_test(
         table.add_row(d.target_id, str(d.layer), d.action, f"{d.score:.3f}", f"{d.start}-{d.end}", repr(span))
     console.print(table)
     raise typer.Exit(1)
+
+
+def _print_concept_notes(notes: list[dict]) -> None:
+    """Per concept: refuse-ready or not (cross-validated recall on its own examples), and the texts nearest its
+    decision boundary, so the operator knows which examples or counterexamples to add."""
+    from rich.table import Table
+
+    for note in notes:
+        recall = "n/a (fixed threshold)" if note["cv_recall"] is None else f"{note['cv_recall']:.2f}"
+        band = f", judge band {note['judge_band'][0]:.3f}-{note['judge_band'][1]:.3f}" if note["judge_band"] else ""
+        console.print(f"concept [bold]{note['target']}[/] (on_concept: {note['on_concept']}): threshold "
+                      f"{note['threshold']:.3f}, cross-validated recall on its examples {recall}{band}",
+                      highlight=False)  # fmt: skip
+        if not note["refuse_ready"]:
+            console.print(f"[yellow]NOT REFUSE-READY[/] {note['warning']}", highlight=False)
+        table = Table("nearest the boundary", "source", "score", "flagged", title=None)
+        for b in note["boundary"]:
+            table.add_row(repr(b["text"][:90]), b["source"], f"{b['score']:.3f}", "yes" if b["flagged"] else "no")
+        console.print(table)
+        console.print("  a background text or counterexample flagged: add counterexamples like it; an example not "
+                      "flagged: add examples like it", highlight=False)  # fmt: skip
 
 
 @model_app.command("prepare")

@@ -15,7 +15,7 @@ from service.audit import AuditStoreError, parse_since
 from service.auth import bearer
 from service.deps import GatewayDep, OperatorDep
 from service.errors import APIError
-from service.inspect import inspect_text, protected_runs
+from service.inspect import concept_notes, inspect_text, protected_runs
 from service.policy_history import operator_id
 from service.policy_registry import VersionConflict
 
@@ -102,11 +102,11 @@ async def test_policy(policy_id: str, body: TestRequest, gateway: GatewayDep) ->
     loaded = gateway.registry.snapshot.policies.get(policy_id)
     if loaded is None:
         raise APIError(404, f"no policy {policy_id!r}", param="policy_id", code="unknown_policy")
-    decisions = await inspect_text(gateway.semantic, [loaded.policy], body.text)
+    decisions = await inspect_text(gateway.semantic, [loaded.policy], body.text, gateway.judges)
     runs = [{"target": r.rule.target_id, "span": [r.start, r.end], "words": r.words, "source": r.source,
              "source_word_offset": r.offset} for r in protected_runs([loaded.policy], body.text)]  # fmt: skip
     return {"policy": loaded.policy.ref, "fired": bool(decisions), "detections": [d.as_dict() for d in decisions],
-            "protected_runs": runs}  # fmt: skip
+            "protected_runs": runs, "concepts": await concept_notes(gateway.semantic, [loaded.policy])}  # fmt: skip
 
 
 @router.put("/policies/{policy_id}")
