@@ -251,11 +251,14 @@ def run_overblocking(args: argparse.Namespace) -> None:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         texts = [r[key] if key else next(v for k, v in r.items() if isinstance(v, str) and len(v) > 80) for r in rows]
         with_digits = [t for t in texts if any(ch.isdigit() for ch in t)]
+        started = time.perf_counter()
         hits = [(t, m) for t in texts for m in find_matches(automaton, t)[:1]]
+        seconds = time.perf_counter() - started
         print(
             f"{label}: {len(hits)}/{len(texts)} texts changed ({100 * len(hits) / max(1, len(texts)):.2f}%); "
             f"{len(with_digits)} contain digits ({100 * len(hits) / max(1, len(with_digits)):.2f}% of those)"
         )
+        print(f"   text backstop with the pack: {sum(map(len, texts)) / seconds / 1000:.0f} k chars/s")
         for text, m in hits[: args.show]:
             print(f"   {m.term!r}: {text[max(0, m.start - 30) : m.end + 30]!r}")
     # recall on identifiers from seeds the pack was not written against
