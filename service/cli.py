@@ -99,11 +99,11 @@ def policy_validate(path: Annotated[Path, typer.Argument(help="A policy file or 
         except PolicyError as exc:
             failed += 1
             for issue in exc.issues:
-                console.print(f"[red]ERROR[/] {issue}", highlight=False)
+                console.print(f"[red]ERROR[/] {issue}", highlight=False, soft_wrap=True)
             continue
         terms = sum(len(t.terms) for t in policy.targets)
         console.print(f"[green]OK[/] {file}: {policy.ref}, {len(policy.targets)} target(s), {terms} term(s)",
-                      highlight=False)  # fmt: skip
+                      highlight=False, soft_wrap=True)  # fmt: skip
     if not files:
         err_console.print(f"[yellow]no policy files (*.yaml, *.yml) in {path}[/]")
         raise typer.Exit(1)
@@ -126,7 +126,7 @@ def policy_list(path: Annotated[Path, typer.Argument(help="Policies directory")]
     console.print(table)
     for issues in result.errors.values():
         for issue in issues:
-            console.print(f"[red]ERROR[/] {issue}", highlight=False)
+            console.print(f"[red]ERROR[/] {issue}", highlight=False, soft_wrap=True)
     raise typer.Exit(1 if result.errors else 0)
 
 
@@ -149,7 +149,7 @@ def policy_test(
         policy = load_policy_file(path)
     except PolicyError as exc:
         for issue in exc.issues:
-            err_console.print(f"[red]ERROR[/] {issue}", highlight=False)
+            err_console.print(f"[red]ERROR[/] {issue}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     text = text if text is not None else sys.stdin.read()
     runtime = None
@@ -216,6 +216,6 @@ def main() -> None:  # pragma: no cover
     sys.exit(app())
 
 
-from service.eval.command import eval_command  # noqa: E402
+from service.eval.command import eval_command
 
 app.command("eval")(eval_command)

@@ -48,12 +48,12 @@ def index_build(
             policy = parse_policy(file.read_text(encoding="utf-8"), str(file), file.parent)
         except (OSError, UnicodeDecodeError) as exc:
             failed += 1
-            console.print(f"[red]ERROR[/] {file}: cannot read: {exc}", highlight=False)
+            console.print(f"[red]ERROR[/] {file}: cannot read: {exc}", highlight=False, soft_wrap=True)
             continue
         except PolicyError as exc:
             failed += 1
             for issue in exc.issues:
-                console.print(f"[red]ERROR[/] {issue}", highlight=False)
+                console.print(f"[red]ERROR[/] {issue}", highlight=False, soft_wrap=True)
             continue
         for target in policy.targets:
             if target.protected_text is None:
