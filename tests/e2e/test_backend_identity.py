@@ -1,6 +1,6 @@
 """The managed backend must be the gateway's own: a stranger answering on its port is refused, and nothing is sent
 to it. The strangers here are real HTTP servers on real ports (no vLLM needed); the real managed vLLM's key check
-runs in tests/test_e2e_lifecycle.py."""
+runs in tests/e2e/test_lifecycle.py."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def stranger(status_without_key: int, status_with_any_key: int) -> Iterator[tupl
     seen: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             seen.append(f"GET {self.path} {self.headers.get('Authorization')}")
             status = status_with_any_key if self.headers.get("Authorization") else status_without_key
             body = b'{"object": "list", "data": [{"id": "SmolLM2-135M-Instruct"}]}'
@@ -40,7 +40,7 @@ def stranger(status_without_key: int, status_with_any_key: int) -> Iterator[tupl
             self.end_headers()
             self.wfile.write(body)
 
-        do_POST = do_GET  # noqa: N815
+        do_POST = do_GET
 
         def log_message(self, *args: object) -> None:
             pass

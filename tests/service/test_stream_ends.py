@@ -2,7 +2,7 @@
 
 The gateway runs in-process (`create_app` with a `Backend`); the backend is the FAKE of tests/fake_backend.py (real
 TCP, a stream a real vLLM sent, then the fault), because a real vLLM cannot be made to die or stall on cue at a given
-event. The real kill of a real vLLM mid-stream is in tests/test_e2e_lifecycle.py.
+event. The real kill of a real vLLM mid-stream is in tests/e2e/test_lifecycle.py.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def test_json_request_to_a_backend_that_dies_mid_body_is_503(tmp_path: Path) -> 
 
 
 def test_shutdown_grace_ends_an_open_stream_with_error_then_done(tmp_path: Path) -> None:
-    """What SIGTERM does to a stream that outlasts QUELL_SHUTDOWN_GRACE_S (the signal itself: test_e2e_lifecycle)."""
+    """What SIGTERM does to a stream that outlasts QUELL_SHUTDOWN_GRACE_S (the signal itself: tests/e2e/test_lifecycle.py)."""
     with fake_backend(STREAM, keep=3, then="hang") as fake, \
             gateway(fake.url, tmp_path, shutdown_grace_s=0.5) as client:  # fmt: skip
 

@@ -25,8 +25,8 @@ from filters.protected_text import (
     words_of,
 )
 from filters.vocab import VocabularyIndex
+from tests.procs import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 # An invented passage (not from any book); k = 3, so any 4 consecutive words of it are a protected run.
 PASSAGE = (
     "Nobody expected the boy who lived under the old stairs to become the keeper of the lantern. "

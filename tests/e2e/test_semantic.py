@@ -32,9 +32,9 @@ def semantic_gateway(gateway: RunningGateway, tmp_path_factory: pytest.TempPathF
     # The shipped policy only flags concepts; these tests need it to refuse.
     shipped = (ROOT / "policies" / "spiderman.yaml").read_text().replace("on_concept: flag", "on_concept: refuse")
     (policies / "spiderman.yaml").write_text(shipped)
-    screen = re.sub(r"^id: spiderman$", "id: spider-input", shipped, flags=re.M)
-    screen = re.sub(r"^default: true$", "default: false", screen, flags=re.M)
-    screen = re.sub(r"^applies_to: \[output\]$", "applies_to: [input]", screen, flags=re.M)
+    screen = re.sub(r"^id: spiderman$", "id: spider-input", shipped, flags=re.MULTILINE)
+    screen = re.sub(r"^default: true$", "default: false", screen, flags=re.MULTILINE)
+    screen = re.sub(r"^applies_to: \[output\]$", "applies_to: [input]", screen, flags=re.MULTILINE)
     (policies / "spider-input.yaml").write_text(screen)
     port = free_port()
     env = {"QUELL_POLICIES": str(policies), "QUELL_BACKEND_URL": f"http://127.0.0.1:{gateway.vllm_port}",
@@ -51,7 +51,7 @@ def semantic_gateway(gateway: RunningGateway, tmp_path_factory: pytest.TempPathF
 
 def _requests_seen(vllm_port: int) -> float:
     metrics = httpx.get(f"http://127.0.0.1:{vllm_port}/metrics").text
-    return sum(float(v) for v in re.findall(r"^vllm:request_success_total\{[^}]*\} ([0-9.e+]+)$", metrics, re.M))
+    return sum(float(v) for v in re.findall(r"^vllm:request_success_total\{[^}]*\} ([0-9.e+]+)$", metrics, re.MULTILINE))
 
 
 def test_moderations_shape_and_verdicts(semantic_gateway: str) -> None:

@@ -85,7 +85,7 @@ def test_bad_batch_size_and_threads_are_rejected():
 class _EmbeddingsHandler(BaseHTTPRequestHandler):
     """A real OpenAI-compatible /v1/embeddings endpoint backed by the local model (as vLLM would serve one)."""
 
-    def do_POST(self):  # noqa: N802 - http.server naming
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path != "/v1/embeddings" or body.get("model") != "minilm":
             self.send_response(404)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +19,9 @@ from filters.text_matcher import StreamMatcher, find_matches
 from filters.token_mask import Cursor, TokenMasks
 from filters.vocab import VocabularyIndex
 from service.eval.judge import term_read
+from tests.procs import ROOT
 
-MODEL_DIR = Path(__file__).resolve().parents[1] / ".cache" / "models" / "SmolLM2-135M-Instruct"
+MODEL_DIR = ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct"
 TERMS = ["Spider-Man", "Pokémon", "Harry Potter", "Batman"]
 
 TOY = [None, "spider", "-", "man", "Man", " man", ".", " ", "x", "spiderman.", "Pok", b"\xc3", b"\xa9", b"\xa9mon", "mon.", "bat", None]

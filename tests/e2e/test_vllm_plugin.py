@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,11 +17,10 @@ import pytest
 from filters.automaton import TermAutomaton
 from filters.text_matcher import find_matches
 from tests.conftest import RunningGateway
-from tests.procs import BACKEND_KEY
+from tests.procs import BACKEND_KEY, ROOT
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct"
 MODEL = "SmolLM2-135M-Instruct"
 TERMS = ["Spider-Man", "Spiderman", "Peter Parker", "Harry Potter", "Pikachu", "Batman", "Bruce Wayne", "Mickey Mouse"]
