@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from filters.atomic_files import write_atomic
 from filters.protected_text import default_index_dir, is_digest
 
 TERM_SET_KEY = "quell_term_set"
@@ -50,16 +49,7 @@ def save_term_set(args: Mapping[str, Sequence[str]], directory: Path | None = No
     if final.is_file():
         return digest
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{digest}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(final, data)
     return digest
 
 

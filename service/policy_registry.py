@@ -7,10 +7,8 @@ a request in flight.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +16,7 @@ from pathlib import Path
 
 from cachetools import LRUCache, cached
 
+from filters.atomic_files import write_atomic
 from filters.policy import Policy
 from filters.policy_loader import PolicyIssue, load_policy_dir
 from filters.surface import SurfaceLayer
@@ -185,27 +184,13 @@ class PolicyRegistry:
             if expected_version is not None and expected_version != live:
                 raise VersionConflict(policy_id, expected_version, live)
             path = loaded.file if loaded is not None else self.directory / f"{policy_id}.yaml"
-            _atomic_write(path, text)
+            write_atomic(path, text)
             return path
 
     def file_for(self, policy_id: str) -> Path:
         """Where a policy lives (or would live if new)."""
         loaded = self._snapshot.policies.get(policy_id)
         return loaded.file if loaded is not None else self.directory / f"{policy_id}.yaml"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write to a temp file in the same directory, fsync, rename over the target."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 async def watch(directory: Path, reload: Callable[[], Awaitable[object]], debounce_ms: int) -> None:
