@@ -49,7 +49,33 @@ _EXPORTS = {
     "OutputPipeline": "filters.output_pipeline",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [  # the names of _EXPORTS, written out so that linters and IDEs read them
+    "Action",
+    "Decision",
+    "Embedder",
+    "Encoder",
+    "GuardStep",
+    "JudgeEndpoint",
+    "Judges",
+    "Layer",
+    "MatchMode",
+    "OutputGuard",
+    "OutputPipeline",
+    "Policy",
+    "PolicyError",
+    "PolicyIssue",
+    "SemanticGuard",
+    "StreamMatcher",
+    "SurfaceLayer",
+    "Target",
+    "TermAutomaton",
+    "content_filter_results",
+    "find_matches",
+    "find_runs",
+    "load_policy_dir",
+    "load_policy_file",
+    "parse_policy",
+]
 
 if TYPE_CHECKING:
     from filters.automaton import MatchMode, TermAutomaton

@@ -160,7 +160,7 @@ class LocalEmbedder(Embedder):
             torch.set_num_threads(self._torch_threads)
         try:
             self._model = SentenceTransformer(str(path), device=self._device, local_files_only=True)
-        except Exception as exc:  # noqa: BLE001 - re-raised with the path and the fix
+        except Exception as exc:
             raise EmbedderError(f"cannot load the embedding model from {path}: {exc}") from exc
         return self._model
 
@@ -227,7 +227,7 @@ class E5Embedder(Embedder):
         os.environ["OMP_NUM_THREADS"] = str(self._threads)  # read once, when the engine's OpenMP runtime loads
         try:
             self._model = E5()
-        except Exception as exc:  # noqa: BLE001 - re-raised with the package and the fix
+        except Exception as exc:
             raise EmbedderError(f"cannot load the e5 engine from {E5_PACKAGE}: {exc}; reinstall it") from exc
         finally:
             if previous is None:

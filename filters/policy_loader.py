@@ -135,8 +135,7 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
 
 def _message(err: ErrorDetails) -> str:
     msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+    msg = msg.removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown field (check the spelling)"
     return msg

@@ -235,7 +235,7 @@ class QuellLogitsProcessor(LogitsProcessor):
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         try:
             process_dict_updates(self._requests, batch_update, self._new_request)
-        except Exception:  # noqa: BLE001 - an exception here kills the engine; every request ends instead
+        except Exception:
             log.exception("Quell: batch update failed; ending every masked request")
             for request in self._requests.values():
                 request.cursor = None
@@ -249,7 +249,7 @@ class QuellLogitsProcessor(LogitsProcessor):
             if facts:
                 terms = terms.with_terms(facts_named(facts, self._prompt_text(prompt_ids or [])))
             protected = tuple(ProtectedCursor(self._protected_for(d)) for d in parse_protected(params.extra_args))
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("Quell: invalid terms or protected-text indexes reached the engine; ending the request")
             return _Request(None, None, output_ids, params.max_tokens, len(prompt_ids or ()))
         if not terms:
@@ -261,7 +261,7 @@ class QuellLogitsProcessor(LogitsProcessor):
         try:
             masks = self._masks_for(key, terms)
             cursor = Cursor(masks.automaton, masks.vocab)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("Quell: compiling %d terms failed; ending the request", terms.size)
             masks, cursor = None, None
         return _Request(cursor, masks, output_ids, params.max_tokens, len(prompt_ids or ()), key, protected=protected)
@@ -297,7 +297,7 @@ class QuellLogitsProcessor(LogitsProcessor):
             if not request.terms:
                 banned = self._no_ids
             return torch.cat([banned, *extra]) if extra else banned
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("Quell: advancing a protected-text cursor failed; ending the request")
             request.protected, request.terms, request.cursor = (), True, None
             return self._end_only
@@ -326,7 +326,7 @@ class QuellLogitsProcessor(LogitsProcessor):
             try:
                 count = masks.warm_start(WARM_DEPTH, WARM_BUDGET_S, stop)
                 log.info("Quell: %d start masks precomputed for term set %s", count, key[:12])
-            except Exception:  # noqa: BLE001 - warming is an optimisation; decoding computes what is missing
+            except Exception:
                 log.exception("Quell: precomputing masks failed for term set %s", key[:12])
             finally:
                 self._warmers.pop(key, None)
@@ -356,7 +356,7 @@ class QuellLogitsProcessor(LogitsProcessor):
                 ids = torch.from_numpy(np.flatnonzero(banned)).to(self.device, non_blocking=True)
                 self._banned_ids[key] = ids
             return ids
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("Quell: advancing a request failed; ending it")
             request.cursor = None
             return self._end_only
@@ -370,11 +370,11 @@ class QuellLogitsProcessor(LogitsProcessor):
                 banned = request.banned if request.banned is not None else self._end_only
                 if banned.numel():
                     logits[index].index_fill_(0, banned, -float("inf"))
-        except Exception:  # noqa: BLE001 - never raise here: it kills the engine
+        except Exception:
             log.exception("Quell: applying masks failed; ending every masked request")
             for index in self._requests:
                 try:
                     logits[index].index_fill_(0, self._end_only, -float("inf"))
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("Quell: could not end request at batch index %d", index)
         return logits

@@ -12,10 +12,10 @@ the server dies. Without that, a server killed with SIGKILL leaves its engine (g
 from __future__ import annotations
 
 import ctypes
-import importlib.metadata as metadata
 import os
 import signal
 import sys
+from importlib import metadata
 
 _real_version = metadata.version
 

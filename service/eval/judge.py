@@ -35,7 +35,7 @@ REDACTED = "[redacted]"
 REFUSAL_HINTS = re.compile(
     r"\b(i can(?:no|')t|i cannot|i'm sorry|i am sorry|i'm not able|i am not able|"
     r"i won't|i will not|can't help|cannot help|not able to (?:help|provide))\b",
-    re.I,
+    re.IGNORECASE,
 )
 
 

@@ -114,7 +114,8 @@ def test_backend_rejection_is_relayed_as_400(client: openai.OpenAI) -> None:
 
 def _generated_tokens(vllm_port: int) -> float:
     metrics = httpx.get(f"http://127.0.0.1:{vllm_port}/metrics").text
-    return sum(float(m) for m in re.findall(r"^vllm:generation_tokens_total\{[^}]*\} ([0-9.e+]+)$", metrics, re.M))
+    return sum(float(m) for m in re.findall(r"^vllm:generation_tokens_total\{[^}]*\} ([0-9.e+]+)$", metrics,
+                                                re.MULTILINE))
 
 
 def test_client_disconnect_cancels_the_backend_request(gateway: RunningGateway) -> None:

@@ -17,6 +17,10 @@ def test_every_public_name_resolves_to_the_object_of_its_module(name: str) -> No
     assert getattr(value, "__name__", name) == name
 
 
+def test_the_written_out_list_is_the_lazy_table() -> None:
+    assert filters.__all__ == sorted(filters._EXPORTS)
+
+
 def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         filters.nothing  # noqa: B018
