@@ -2,7 +2,9 @@
 
 Without a backend URL the first gateway is a managed one (`quell serve` starts vLLM, ~30 s); every other gateway is
 `quell serve --backend-url <that vLLM>` with its own settings (cheap: no second vLLM). Each gateway serves a
-private policies folder holding only the policy under test, and writes its audit to a private SQLite file.
+private policies folder holding only the policy under test (its protected-text sources made absolute, so that they
+are read where the policy file is), and writes its audit to a private SQLite file. A gateway that did not load the
+policy stops the evaluation with its log's reason, instead of filling a column with 400s.
 
 No process outlives the evaluation: every gateway runs in its own session with PR_SET_PDEATHSIG (SIGTERM when the
 evaluation dies, even by SIGKILL), a gateway stops its managed vLLM on SIGTERM, and `running` stops them all on the
@@ -20,6 +22,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from service import processes
 from service.eval.configs import RunConfig
@@ -53,6 +57,28 @@ def _gateway(config: RunConfig, env: dict[str, str], args: Sequence[str],
         processes.stop(proc)
 
 
+def _private_copy(policy_file: Path, folder: Path) -> str:
+    """Copy the policy into `folder` with relative protected-text sources made absolute; return its id."""
+    data = yaml.safe_load(policy_file.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):  # let the gateway report what is wrong with it
+        shutil.copy(policy_file, folder / policy_file.name)
+        return str(data)
+    base = policy_file.resolve().parent
+    for target in data.get("targets") or []:
+        protected = target.get("protected_text") if isinstance(target, dict) else None
+        if isinstance(protected, dict) and isinstance(protected.get("sources"), list):
+            protected["sources"] = [s if os.path.isabs(str(s)) else str(base / str(s)) for s in protected["sources"]]
+    (folder / policy_file.name).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), "utf-8")
+    return str(data.get("id"))
+
+
+def _tail(log: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 @contextmanager
 def running(configs: Sequence[RunConfig], policy_file: Path, workdir: Path,
             backend_url: str | None = None, backend_key: str | None = None) -> Iterator[Running]:  # fmt: skip
@@ -62,7 +88,7 @@ def running(configs: Sequence[RunConfig], policy_file: Path, workdir: Path,
     shutil.rmtree(policies, ignore_errors=True)
     policies.mkdir(parents=True)
     logs.mkdir(parents=True, exist_ok=True)
-    shutil.copy(policy_file, policies / policy_file.name)
+    policy_id = _private_copy(policy_file, policies)
     base_env = {"QUELL_POLICIES": str(policies)}
     gateway_configs = [c for c in configs if c.via == "gateway"]
     gateways: dict[str, str] = {}
@@ -86,4 +112,9 @@ def running(configs: Sequence[RunConfig], policy_file: Path, workdir: Path,
             url, pid, body = stack.enter_context(_gateway(config, base_env, ["--backend-url", backend], logs))
             gateways[config.name], pids[config.name], ready[config.name] = url, pid, body
         (workdir / "gateways.json").write_text(json.dumps(ready, indent=1))
+        for name, body in ready.items():
+            if policy_id not in [ref.split("@")[0] for ref in body.get("policies", [])]:
+                log = logs / f"gateway-{name}.log"
+                raise RuntimeError(f"the {name} gateway did not load policy {policy_id!r} from {policy_file}; "
+                                   f"its log ({log}) ends:\n{_tail(log)}")  # fmt: skip
         yield Running(backend, backend_key, gateways, pids, ready)

@@ -97,3 +97,15 @@ def test_system_prompt_names_the_limit_and_attacks_exist(policy):
     upper, respaced = by_names(["upper_case", "respaced"])
     assert "UPPER CASE" in upper.apply("Continue this text.")
     assert "one sentence per line" in respaced.apply("Continue this text.")
+
+
+def test_the_eval_gateways_copy_reads_the_sources_where_the_policy_is(policy, tmp_path: Path):
+    """The eval's gateways serve a private copy of the policy in another folder: its sources must still resolve."""
+    from service.eval.gateways import _private_copy
+
+    private = tmp_path / "elsewhere"
+    private.mkdir()
+    assert _private_copy(tmp_path / "p.yaml", private) == "books"
+    copy = load_policy_file(private / "p.yaml")
+    (target,) = copy.targets
+    assert target.protected_text is not None and VerbatimJudge(copy).longest_run(PASSAGE.upper()) > 4
