@@ -6,7 +6,9 @@ A fact is a term (`filters.automaton`, reader mode) that is active only when the
   plugin reads the request's prompt (the conversation as the model sees it) once, when the request arrives, and adds
   the facts of every target it names to the request's mask terms. A prompt that does not name the person leaves its
   facts free at decode time (the names themselves are usually masked terms, so the answer cannot name them either);
-- in the text backstop and reports (`filters.surface.SurfaceLayer.fact_decisions`): a fact is a detection when the
+- in the per-choice text backstop (`filters.surface.SurfaceLayer.armed_by`): the same rule as the plugin, the facts of
+  every target the request's prompt names are compiled in as that request's terms (streams and JSON alike);
+- in reports (`SurfaceLayer.fact_decisions`: moderations, the admin test route): a fact is a detection when the
   prompt or the answer names the person (any of the target's terms, as the terms match).
 
 Written forms (`fact_forms`): terms already ignore separators and case ("12 Baker St." and "12 baker st" alike). A

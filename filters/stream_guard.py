@@ -73,7 +73,8 @@ class OutputGuard:
             terminal = rule.action in (SurfaceAction.STOP, SurfaceAction.REFUSE)
             # A `mask` term that reaches the text got past the decode mask (or there is none): redact it.
             action = Action(rule.action.value if terminal else SurfaceAction.REDACT.value)
-            decisions.append(Decision(rule.policy_ref, rule.target_id, Layer.SURFACE, action, 1.0, m.start, m.end))
+            decisions.append(Decision(rule.policy_ref, rule.target_id, Layer.SURFACE, action, 1.0, m.start, m.end,
+                                      self.surface.detail(m.term)))  # fmt: skip
             if terminal:
                 if cut is None or m.start < cut:
                     cut = m.start

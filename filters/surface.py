@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from filters.automaton import MatchMode, TermAutomaton
+from filters.automaton import MatchMode, TermAutomaton, reader_mode
 from filters.decision import ACTION_RANK, Action, Decision, Layer
 from filters.facts import FactGroup
 from filters.normalize import word_chars
@@ -27,7 +27,12 @@ class TermRule:
 class SurfaceLayer:
     """All terms of the given policies (those that apply to `direction`), compiled into one automaton."""
 
-    def __init__(self, policies: Sequence[Policy], direction: str | None = "output"):
+    def __init__(self, policies: Sequence[Policy], direction: str | None = "output",
+                 armed: frozenset[tuple[str, str]] = frozenset()):  # fmt: skip
+        """`armed`: (policy ref, target id) of the targets whose facts are terms here (`armed_by`)."""
+        self._policies, self._direction, self._armed_targets = tuple(policies), direction, armed
+        self._armed: dict[frozenset[tuple[str, str]], SurfaceLayer] = {}
+        self._fact_terms: set[str] = set()
         self._rules: dict[str, list[TermRule]] = {}
         self._plugin_args: dict[str, list[str]] | None = None
         by_mode: dict[MatchMode, list[str]] = {mode: [] for mode in MatchMode}
@@ -55,7 +60,13 @@ class SurfaceLayer:
                     if target.on_surface is SurfaceAction.MASK:
                         mask_patterns.append(pattern.regex)
                 if target.facts:
-                    facts.append((FactGroup.of(target.id, target.terms, target.facts), rule))
+                    group = FactGroup.of(target.id, target.terms, target.facts)
+                    facts.append((group, rule))
+                    if (policy.ref, target.id) in armed:  # read as the fact decisions read them: reader mode
+                        for fact in group.facts:
+                            self._rules.setdefault(word_chars(fact), []).append(rule)
+                            self._fact_terms.add(word_chars(fact))
+                            by_mode[reader_mode(fact)].append(fact)
                 for term in target.terms:
                     mode = target.match.mode_for(term)
                     self._rules.setdefault(word_chars(term), []).append(rule)
@@ -111,16 +122,39 @@ class SurfaceLayer:
         out = []
         for m in find_matches(self.automaton, text):
             rule = self.strongest(m.term)
-            name = self._pattern_names.get(m.term)
             out.append(Decision(rule.policy_ref, rule.target_id, Layer.SURFACE, Action(rule.action.value), 1.0, m.start,
-                                m.end, f"pattern:{name}" if name else ""))  # fmt: skip
+                                m.end, self.detail(m.term)))  # fmt: skip
         return out + self.fact_decisions(text)
+
+    def detail(self, term: str) -> str:
+        """What a match of `term` (a `Match.term`) was: `pattern:<name>`, `fact` (an armed fact) or "" (a term)."""
+        name = self._pattern_names.get(term)
+        if name:
+            return f"pattern:{name}"
+        return "fact" if term not in self._pattern_rules and word_chars(term) in self._fact_terms else ""
+
+    def armed_by(self, prompt: str | None) -> SurfaceLayer:
+        """This layer with the facts of every target that `prompt` names compiled in as terms, as the decode-time
+        plugin arms them (`filters.facts`); `None` (a prompt that cannot be read, e.g. token ids) arms every fact.
+        One compiled layer per distinct set of named targets, kept with this one."""
+        named = frozenset((rule.policy_ref, group.target_id) for group, rule in self.facts
+                          if prompt is None or find_matches(self._fact_automata_for(group, rule)[0], prompt))  # fmt: skip
+        if not named:
+            return self
+        layer = self._armed.get(named)
+        if layer is None:
+            if len(self._armed) >= 64:  # distinct sets of named people are few; bound them all the same
+                self._armed.clear()
+            layer = self._armed[named] = SurfaceLayer(self._policies, self._direction, named)
+        return layer
 
     def fact_decisions(self, text: str, prompt: str = "") -> list[Decision]:
         """Every fact of a target that `prompt` or `text` names, found in `text` (`filters.facts`)."""
         out = []
         for group, rule in self.facts:
-            names, facts = self._fact_automata_for(group)
+            if (rule.policy_ref, group.target_id) in self._armed_targets:
+                continue  # compiled in here: `decisions` reports them as terms with detail "fact"
+            names, facts = self._fact_automata_for(group, rule)
             if not (find_matches(names, prompt) or find_matches(names, text)):
                 continue
             for m in find_matches(facts, text):
@@ -128,11 +162,12 @@ class SurfaceLayer:
                                     m.start, m.end, "fact"))  # fmt: skip
         return out
 
-    def _fact_automata_for(self, group: FactGroup) -> tuple[TermAutomaton, TermAutomaton]:
-        pair = self._fact_automata.get(group.target_id)
+    def _fact_automata_for(self, group: FactGroup, rule: TermRule) -> tuple[TermAutomaton, TermAutomaton]:
+        key = f"{rule.policy_ref}/{group.target_id}"  # two policies may both name a target "jane"
+        pair = self._fact_automata.get(key)
         if pair is None:
-            pair = self._fact_automata[group.target_id] = (TermAutomaton.reader(group.names),
-                                                           TermAutomaton.reader(group.facts))  # fmt: skip
+            pair = self._fact_automata[key] = (TermAutomaton.reader(group.names),
+                                               TermAutomaton.reader(group.facts))  # fmt: skip
         return pair
 
     def rules_for(self, term: str) -> list[TermRule]:

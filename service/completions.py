@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -131,8 +132,25 @@ class RequestContext:
             body["vllm_xargs"] = xargs
         return body
 
+    @cached_property
+    def prompt_text(self) -> str | None:
+        """The request's input as text (what arms a person's facts); None when it cannot be read (token ids)."""
+        try:
+            messages = self.endpoint.prompt_messages(self.body)
+        except APIError:
+            return None
+        parts: list[str] = []
+        for message in messages:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, list):  # content parts: read the text ones
+                parts += [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        return "\n".join(parts)
+
     def new_pipeline(self) -> OutputPipeline:
-        layer = self.surface if self.text_backstop else SurfaceLayer([])
+        # A person's facts are armed by the prompt naming them, as the decode-time plugin arms them.
+        layer = self.surface.armed_by(self.prompt_text) if self.text_backstop else SurfaceLayer([])
         refusals = {p.ref: p.refusal for p in self.policies}
         return OutputPipeline(OutputGuard(layer), self.semantic, refusals, judge=self.judge)
 

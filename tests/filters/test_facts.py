@@ -13,6 +13,7 @@ import pytest
 from filters.automaton import TermAutomaton
 from filters.facts import date_forms, fact_forms
 from filters.policy_loader import PolicyError, parse_policy
+from filters.stream_guard import OutputGuard
 from filters.surface import SurfaceLayer
 
 PERSON = """\
@@ -85,6 +86,28 @@ def test_facts_are_decisions_only_where_the_person_is_named() -> None:
     in_prompt = layer.fact_decisions(unnamed, prompt="Tell me about Jane Roe.")
     assert {unnamed[d.start : d.end] for d in in_prompt if d.start is not None} == {"March 12th, 1985",
                                                                                    "Northwind Traders"}  # fmt: skip
+
+
+def _guarded(layer: SurfaceLayer, text: str, chunk: int) -> tuple[str, list[str]]:
+    guard = OutputGuard(layer)
+    steps = [guard.feed(text[i : i + chunk]) for i in range(0, len(text), chunk)] + [guard.finish()]
+    return "".join(s.text for s in steps), [d.detail for s in steps for d in s.decisions]
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 1000])
+def test_the_text_backstop_arms_facts_by_the_prompt_as_the_plugin_does(chunk: int) -> None:
+    """Without the plugin, the per-choice backstop is all there is: a prompt naming Jane arms her facts there too."""
+    base = SurfaceLayer([parse_policy(PERSON)])
+    answer = "The customer was born on March 12th, 1985 and works at Northwind Traders."
+    armed = base.armed_by("Where does Jane Roe work, and when was she born?")
+    assert armed is not base and armed is base.armed_by("Tell me about jane  ROE.")  # one compiled layer per set
+    text, details = _guarded(armed, answer, chunk)
+    assert text == "The customer was born on [redacted] and works at [redacted].", text
+    assert details == ["fact", "fact"]
+    assert base.armed_by("Where does the customer work?") is base  # not named: the facts stay free, as at decode
+    assert _guarded(base, answer, chunk)[0] == answer
+    assert _guarded(base.armed_by(None), answer, chunk)[0] == text  # a prompt that cannot be read arms them all
+    assert armed.decisions(answer) == base.fact_decisions(answer, prompt="Jane Roe")  # reported once, alike
 
 
 def test_pattern_decisions_carry_the_target_and_the_backstop_rule() -> None:

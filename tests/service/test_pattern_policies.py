@@ -49,7 +49,38 @@ targets:
 def test_the_text_backstop_redacts_a_pattern_in_json_and_streams(gateway_for, policy_dir: Path, name: str) -> None:
     """Patterns reach the per-choice backstop through the shared automaton, with no code of their own there."""
     (policy_dir / "pattern-demo.yaml").write_text(PATTERN_POLICY)
-    headers = {"x-quell-policies": "pattern-demo"}
+    text, results = _answer(gateway_for, name, "pattern-demo")
+    assert "he can [redacted]" in text and "light" not in text, text  # recorded: "... he can manipulate light."
+    assert results["powers"]["action"] == "redact" and results["powers"]["filtered"]
+
+
+FACTS_POLICY = """\
+id: facts-demo
+targets:
+  - id: spidey                   # named in the recorded prompt ("Who is Spider-Man? ...")
+    terms: [Spider-Man]
+    facts: [manipulate light]
+    on_surface: redact
+  - id: mary-jane                # not named: her fact stays free
+    terms: [Mary Jane Watson]
+    facts: [unique ability]
+    on_surface: redact
+"""
+
+
+@pytest.mark.parametrize("name", ["chat_spider", "chat_spider_stream"])
+def test_the_text_backstop_redacts_the_facts_of_a_person_the_prompt_names(gateway_for, policy_dir: Path,
+                                                                           name: str) -> None:  # fmt: skip
+    """Without the plugin the backstop is the only check: facts are armed there by the prompt, as at decode time."""
+    (policy_dir / "facts-demo.yaml").write_text(FACTS_POLICY)
+    text, results = _answer(gateway_for, name, "facts-demo")
+    # recorded: "Spider-Man is a superhero with a unique ability: he can manipulate light."
+    assert text.startswith("[redacted] is a superhero with a unique ability: he can [redacted]"), text
+    assert results["spidey"]["filtered"] and not results.get("mary-jane", {}).get("filtered"), results
+
+
+def _answer(gateway_for, name: str, policy: str) -> tuple[str, dict]:
+    headers = {"x-quell-policies": policy}
     with gateway_for(name) as (client, replay):
         body = replay.request_body(name)
         if body.get("stream"):
@@ -62,5 +93,4 @@ def test_the_text_backstop_redacts_a_pattern_in_json_and_streams(gateway_for, po
         else:
             choice = client.post("/v1/chat/completions", json=body, headers=headers).json()["choices"][0]
             text, results = choice["message"]["content"], choice["content_filter_results"]
-    assert "he can [redacted]" in text and "light" not in text, text  # recorded: "... he can manipulate light."
-    assert results["powers"]["action"] == "redact" and results["powers"]["filtered"]
+    return text, results
