@@ -16,7 +16,7 @@ from filters.policy import Policy
 from filters.policy_loader import PolicyError, PolicyIssue, parse_policy
 from service.audit import AuditStoreError
 from service.console import inspect as tryit
-from service.console.session import SessionDep, WriterDep
+from service.console.session import ConsoleSession, SessionDep, WriterDep
 from service.console.web import page
 from service.deps import GatewayDep
 from service.gateway import Gateway
@@ -236,9 +236,8 @@ async def try_policy(request: Request, policy_id: str, session: WriterDep, gatew
                          errors=issues, try_text=text, results=results)  # fmt: skip
 
 
-@router.get("/policies/{policy_id}/versions/{version}", response_class=HTMLResponse)
-async def show_version(request: Request, policy_id: str, version: str, session: SessionDep,
-                       gateway: GatewayDep) -> HTMLResponse:  # fmt: skip
+def _stored(request: Request, session: ConsoleSession, policy_id: str, version: str) -> HistoryEntry | Response:
+    """A stored version of the policy, or the page that says why there is none."""
     try:
         entry = _history(request).get(policy_id, version)
     except AuditStoreError as exc:
@@ -246,6 +245,15 @@ async def show_version(request: Request, policy_id: str, version: str, session: 
     if entry is None:
         return page(request, "message.html", 404, session=session, title="Unknown version",
                     message=f"No stored version {version!r} of policy {policy_id!r}.")  # fmt: skip
+    return entry
+
+
+@router.get("/policies/{policy_id}/versions/{version}", response_class=HTMLResponse)
+async def show_version(request: Request, policy_id: str, version: str, session: SessionDep,
+                       gateway: GatewayDep) -> HTMLResponse:  # fmt: skip
+    entry = _stored(request, session, policy_id, version)
+    if isinstance(entry, Response):
+        return entry
     loaded = _loaded(gateway, policy_id)
     live_text = _live_text(request, gateway, loaded) if loaded else ""
     diff = _diff(live_text, entry.content, f"live {loaded.policy.ref if loaded else 'none'}",
@@ -257,13 +265,9 @@ async def show_version(request: Request, policy_id: str, version: str, session: 
 async def rollback(request: Request, policy_id: str, session: WriterDep, gateway: GatewayDep,
                    version: Annotated[str, Form()], base_version: BaseForm) -> Response:  # fmt: skip
     """Make a stored version live again, through the same atomic write (and conflict check) as a save."""
-    try:
-        entry = _history(request).get(policy_id, version)
-    except AuditStoreError as exc:
-        return page(request, "message.html", 503, session=session, title="History unavailable", message=str(exc))
-    if entry is None:
-        return page(request, "message.html", 404, session=session, title="Unknown version",
-                    message=f"No stored version {version!r} of policy {policy_id!r}.")  # fmt: skip
+    entry = _stored(request, session, policy_id, version)
+    if isinstance(entry, Response):
+        return entry
     policy, issues = _parse(gateway, policy_id, entry.content)
     if policy is None:  # e.g. a protected-text source that is gone: the live policy stays
         return await _editor(request, gateway, session, policy_id, draft=entry.content, base_version=base_version,
