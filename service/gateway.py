@@ -46,7 +46,7 @@ class Gateway:
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.judges is None:
+        if self.judges is None and self.settings.judge:
             s = self.settings
             if s.judge_url:
                 key = s.judge_api_key.get_secret_value() if s.judge_api_key else None

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     embeddings_model: str = "all-MiniLM-L6-v2"
     embeddings_api_key: str | None = None
 
+    judge: bool = True
+    """Run the concept judge for concepts whose policy configures one (`concept.judge`); false: their classifier's
+    threshold alone decides (what `quell eval`'s `classifier` column measures beside its `judge` column)."""
     judge_url: str | None = None
     """OpenAI-compatible base URL (ending in /v1) of the judge model for concepts with `judge` in their policy;
     unset: the gateway's own backend. A policy's `concept.judge.url` overrides it for that concept."""

@@ -64,7 +64,8 @@ def eval_command(
         chosen = [p for p in transforms.split(",") if p.strip()] if transforms != "all" else None
         tfs = transforms_mod.by_names(chosen) if chosen else list(transforms_mod.TRANSFORMS)
         semantic_ok = "semantic" in Settings.model_fields
-        run_configs, skipped = configs_mod.select(configs.split(",") if configs else None, semantic_ok)
+        has_judge = any(t.concept is not None and t.concept.judge is not None for t in pol.targets)
+        run_configs, skipped = configs_mod.select(configs.split(",") if configs else None, semantic_ok, has_judge)
         selected = stratified(read_probes(probes, "probe", target), limit)
         if neighbors:
             selected += stratified(read_probes(neighbors, "neighbor", target), limit)

@@ -46,7 +46,7 @@ class RunConfig:
         return body
 
 
-NONE, SYSTEM_PROMPT, BAD_WORDS = "none", "system_prompt", "bad_words"
+NONE, SYSTEM_PROMPT, BAD_WORDS, JUDGE = "none", "system_prompt", "bad_words", "judge"
 
 
 def policy_terms(policy: Policy) -> list[str]:
@@ -86,7 +86,7 @@ def system_instruction(policy: Policy) -> str:
 
 
 def all_configs() -> list[RunConfig]:
-    off = {"QUELL_DECODE_MASK": "off", "QUELL_TEXT_BACKSTOP": "false", "QUELL_SEMANTIC": "none"}
+    off = {"QUELL_DECODE_MASK": "off", "QUELL_TEXT_BACKSTOP": "false", "QUELL_SEMANTIC": "none", "QUELL_JUDGE": "false"}
     return [
         RunConfig(NONE, "no policy: vLLM directly", "backend"),
         RunConfig(SYSTEM_PROMPT, "an instruction in the system prompt only, vLLM directly", "backend",
@@ -102,17 +102,22 @@ def all_configs() -> list[RunConfig]:
                   {**off, "QUELL_SEMANTIC": "embedding"}, semantic=("embedding",)),  # fmt: skip
         RunConfig("classifier", "gateway: concept classifier only", "gateway",
                   {**off, "QUELL_SEMANTIC": "classifier"}, semantic=("classifier",)),  # fmt: skip
-        RunConfig("all", "gateway: every layer (decode mask, text backstop, embedding, classifier)", "gateway",
-                  {"QUELL_DECODE_MASK": "auto", "QUELL_TEXT_BACKSTOP": "true",
+        RunConfig(JUDGE, "gateway: concept classifier with the judge model on the windows it is unsure about "
+                  "(concepts with concept.judge)", "gateway",
+                  {**off, "QUELL_SEMANTIC": "classifier", "QUELL_JUDGE": "true"}, semantic=("classifier",)),  # fmt: skip
+        RunConfig("all", "gateway: every layer (decode mask, text backstop, embedding, classifier, judge)", "gateway",
+                  {"QUELL_DECODE_MASK": "auto", "QUELL_TEXT_BACKSTOP": "true", "QUELL_JUDGE": "true",
                    "QUELL_SEMANTIC": ",".join(SEMANTIC_LAYERS)}, term_judge=False, masks=True,
                   semantic=SEMANTIC_LAYERS),  # fmt: skip
     ]
 
 
-def select(names: Sequence[str] | None, semantic_available: bool) -> tuple[list[RunConfig], dict[str, str]]:
+def select(names: Sequence[str] | None, semantic_available: bool,
+           has_judge: bool = False) -> tuple[list[RunConfig], dict[str, str]]:  # fmt: skip
     """The configs to run, and the ones skipped with why. The semantic-only columns need a gateway that knows
     QUELL_SEMANTIC; without it they would silently measure nothing, so they are skipped (and the report computes
-    the same layers in process from the unfiltered outputs instead)."""
+    the same layers in process from the unfiltered outputs instead). The `judge` column needs a policy with a
+    concept judge (`has_judge`): without one it would repeat the classifier column."""
     configs = all_configs()
     known = [c.name for c in configs]
     if names:
@@ -128,5 +133,7 @@ def select(names: Sequence[str] | None, semantic_available: bool) -> tuple[list[
             if c.semantic and c.name != "all":
                 skipped[c.name] = ("the gateway has no QUELL_SEMANTIC setting (semantic layers not wired in); "
                                    "see the in-process semantic columns instead")  # fmt: skip
-        configs = [c for c in configs if c.name not in skipped]
+    if not has_judge and JUDGE in [c.name for c in configs]:
+        skipped[JUDGE] = "the policy has no concept with a judge (concept.judge): the column would be the classifier's"
+    configs = [c for c in configs if c.name not in skipped]
     return configs, skipped

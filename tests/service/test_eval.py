@@ -209,7 +209,13 @@ def test_bad_words_fit_vllms_limit_and_configs_are_named():
     with pytest.raises(ValueError, match="unknown config"):
         select(["nothing"], semantic_available=True)
     names, skipped = select(None, semantic_available=False)
-    assert {"embedding", "classifier"} == set(skipped) and "none" in [c.name for c in names]
+    assert {"embedding", "classifier", "judge"} == set(skipped) and "none" in [c.name for c in names]
+    names, skipped = select(None, semantic_available=True)
+    assert "judge" in skipped and "judge" not in [c.name for c in names]  # the policy has no concept judge
+    names, _ = select(None, semantic_available=True, has_judge=True)
+    judged = {c.name: c.env for c in names}
+    assert judged["judge"]["QUELL_JUDGE"] == "true" and judged["classifier"]["QUELL_JUDGE"] == "false"
+    assert judged["judge"]["QUELL_SEMANTIC"] == judged["classifier"]["QUELL_SEMANTIC"] == "classifier"
     assert len({c.name for c in all_configs()}) == len(all_configs())
 
 

@@ -53,12 +53,12 @@ def write_policies(folder: Path) -> None:
 
 
 @contextmanager
-def judged_gateway(tmp_path: Path) -> Iterator[tuple[TestClient, Replay]]:
+def judged_gateway(tmp_path: Path, judge: bool = True) -> Iterator[tuple[TestClient, Replay]]:
     write_policies(tmp_path / "policies")
     replay = Replay("models", "chat_spider", "chat_spider_stream", "judge_smollm")
     settings = Settings(policies=tmp_path / "policies", audit_url=f"sqlite:///{tmp_path / 'audit.db'}",
                         semantic="classifier", decode_mask=DecodeMask.OFF, cache_dir=tmp_path / "cache",
-                        admin_token=TOKEN)  # fmt: skip
+                        admin_token=TOKEN, judge=judge)  # fmt: skip
     backend = Backend("http://vllm.replay", None, 30.0, transport=replay.transport)
     with TestClient(create_app(settings, backend=backend, embedder=shared_embedder())) as client:
         deadline = time.monotonic() + 60
@@ -101,6 +101,18 @@ def test_the_judges_verdict_reaches_the_client_metrics_and_audit(tmp_path: Path)
     else:
         assert choice["message"]["content"] == ANSWER and "content_filter_results" not in choice
         assert streamed == ANSWER
+
+
+def test_quell_judge_false_leaves_the_decision_to_the_classifier(tmp_path: Path) -> None:
+    """QUELL_JUDGE=false (quell eval's `classifier` column beside its `judge` column): no judge call is made."""
+    with judged_gateway(tmp_path, judge=False) as (client, replay):
+        body = {"model": "SmolLM2-135M-Instruct", "temperature": 0, "max_tokens": 48, "messages": WHO,
+                "logprobs": True, "top_logprobs": 5, "return_token_ids": True}  # fmt: skip
+        choice = client.post("/v1/chat/completions", json=body).json()["choices"][0]
+        metrics = client.get("/metrics").text
+    assert judge_calls(replay) == 0 and "quell_judge_calls_total{" not in metrics
+    results = choice.get("content_filter_results") or {}
+    assert all(r.get("layer") != "judge" for r in results.values()), results
 
 
 def test_admin_test_route_shows_readiness_and_the_boundary(tmp_path: Path) -> None:
