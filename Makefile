@@ -29,9 +29,14 @@ $(MODEL_DIR)/config.json: | $(STAMP)
 serve: setup
 	exec $(BIN)/quell serve
 
-test: setup
-	$(BIN)/mypy --strict filters/
+test: setup lint
 	$(BIN)/python -m pytest
+
+# Part of `make test`: the format (ruff format, 120 columns), the linter (ruff's defaults) and mypy --strict on the library.
+lint: setup
+	$(BIN)/ruff format --check filters service tests bench
+	$(BIN)/ruff check filters service tests bench
+	$(BIN)/mypy --strict filters/
 
 # The long fault, fuzz and load run: the same tests as `make test` runs briefly, with many more cases, and the
 # `soak`-marked tests (a second signal down a shutdown path another test covers).

@@ -35,7 +35,7 @@ import psutil
 from bench._gateway import ROOT, running_gateway
 
 MODEL = "SmolLM2-135M-Instruct"
-WORDS = ("the river flows north through a wide valley where farmers grow wheat and barley in the summer months "
+WORDS = ("the river flows north through a wide valley where farmers grow wheat and barley in the summer months "  # noqa: SIM905 - a sentence reads better
          "while the old town keeps its market square its stone bridge and a small museum about the local history "
          "of trade boats mills and weaving").split()  # fmt: skip
 
@@ -62,8 +62,13 @@ def canned(text: str) -> Canned:
     chat = {**base, "object": "chat.completion", "usage": {"prompt_tokens": 20, "completion_tokens": 150,
             "total_tokens": 170}, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
             "finish_reason": "stop"}]}  # fmt: skip
-    events = [{**base, "object": "chat.completion.chunk",
-               "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
+    events = [
+        {
+            **base,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        }
+    ]
     for i, word in enumerate(text.split(" ")):
         events.append({**base, "object": "chat.completion.chunk",
                        "choices": [{"index": 0, "delta": {"content": word if i == 0 else " " + word},
@@ -129,7 +134,7 @@ class StubBackend:
         self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
-    def __enter__(self) -> StubBackend:
+    def __enter__(self) -> StubBackend:  # noqa: PYI034 - a final class of the bench
         self.thread.start()
         return self
 
@@ -265,8 +270,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per scenario")
     ap.add_argument("--concurrency", type=int, default=32, help="keep-alive connections sending back to back")
     ap.add_argument("--words", type=int, default=120, help="words in the canned answer (~1.3 tokens each)")
-    ap.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra environment for the gateway (e.g. the settings that turn semantic layers on)")
+    ap.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the gateway (e.g. the settings that turn semantic layers on)",
+    )
     ap.add_argument("--no-semantic", action="store_true", help="skip the in-process semantic timing")
     ap.add_argument("--semantic-repeats", type=int, default=30)
     args = ap.parse_args()
@@ -277,8 +287,13 @@ def main() -> None:
     gateway_cpus, other_cpus = (cpus[:1], cpus[1:]) if len(cpus) > 1 else (cpus, cpus)
     load_before = os.getloadavg()
     with StubBackend(canned(text)) as stub:
-        env = {"QUELL_BACKEND_URL": stub.url, "QUELL_POLICIES": str(ROOT / "policies"), "QUELL_LOG_LEVEL": "warning",
-               "QUELL_API_KEYS": key, **dict(kv.split("=", 1) for kv in args.gateway_env)}
+        env = {
+            "QUELL_BACKEND_URL": stub.url,
+            "QUELL_POLICIES": str(ROOT / "policies"),
+            "QUELL_LOG_LEVEL": "warning",
+            "QUELL_API_KEYS": key,
+            **dict(kv.split("=", 1) for kv in args.gateway_env),
+        }
         with running_gateway(env) as ep:
             proc = gateway_process(int(ep.gateway.rsplit(":", 1)[1]))
             pin(proc, gateway_cpus)
@@ -292,14 +307,20 @@ def main() -> None:
             psutil.Process().cpu_affinity(cpus)
     semantic = None if args.no_semantic else semantic_seconds_per_check(text, args.semantic_repeats)
 
-    print(f"gateway on CPU {gateway_cpus}, stub backend + load on {other_cpus}; load average before "
-          f"{load_before[0]:.1f} / after {os.getloadavg()[0]:.1f} on {psutil.cpu_count()} CPUs")
-    print(f"surface layer: {ready.get('surface_layer')}; policies: {', '.join(ready.get('policies', []))}; "
-          f"answer: {args.words} words, {len(text)} chars; concurrency {args.concurrency}")
+    print(
+        f"gateway on CPU {gateway_cpus}, stub backend + load on {other_cpus}; load average before "
+        f"{load_before[0]:.1f} / after {os.getloadavg()[0]:.1f} on {psutil.cpu_count()} CPUs"
+    )
+    print(
+        f"surface layer: {ready.get('surface_layer')}; policies: {', '.join(ready.get('policies', []))}; "
+        f"answer: {args.words} words, {len(text)} chars; concurrency {args.concurrency}"
+    )
     print(f"{'scenario':<10}{'requests':>10}{'req/s':>10}{'gw CPU s':>10}{'req/s/core':>12}{'p50 ms':>9}{'p99 ms':>9}")
     for r in results:
-        print(f"{r.name:<10}{r.requests:>10}{r.rps:>10.1f}{r.gateway_cpu_s:>10.2f}{r.per_core:>12.1f}"
-              f"{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}")
+        print(
+            f"{r.name:<10}{r.requests:>10}{r.rps:>10.1f}{r.gateway_cpu_s:>10.2f}{r.per_core:>12.1f}"
+            f"{r.p50_ms:>9.1f}{r.p99_ms:>9.1f}"
+        )
     if isinstance(semantic, str):
         print(f"semantic layers: not measured: {semantic}")
     elif semantic is not None:
@@ -307,8 +328,10 @@ def main() -> None:
         print(f"semantic layers ({refs}; local MiniLM, 1 thread): {1000 * per_check:.1f} ms CPU per answer checked")
         for r in results:
             combined = 1 / (1 / r.per_core + per_check)
-            print(f"  {r.name}: surface + semantic ~ {combined:.1f} req/s/core "
-                  f"(1 / (1/{r.per_core:.1f} + {per_check:.4f}))")
+            print(
+                f"  {r.name}: surface + semantic ~ {combined:.1f} req/s/core "
+                f"(1 / (1/{r.per_core:.1f} + {per_check:.4f}))"
+            )
         if not args.gateway_env:
             print("  (computed: the gateway above ran without semantic layers; --gateway-env measures them in it)")
 

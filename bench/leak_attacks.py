@@ -92,11 +92,13 @@ def main() -> None:
             read = [(p, o) for p, o in zip(prompts, outputs) if term_read(TERMS, o)]
             counts = {"read": len(read), "exact": sum(bool(find_matches(exact, o)) for o in outputs),
                       "word-edge": sum(bool(find_matches(word_edge, o)) for o in outputs)}  # fmt: skip
-            print(f"{mode:>14}: leaked as read {counts['read']}/{len(prompts)} ({counts['read'] / len(prompts):.0%}), "
-                  f"exact {counts['exact']}/{len(prompts)}, word-edge {counts['word-edge']}/{len(prompts)}", flush=True)
+            print(
+                f"{mode:>14}: leaked as read {counts['read']}/{len(prompts)} ({counts['read'] / len(prompts):.0%}), "
+                f"exact {counts['exact']}/{len(prompts)}, word-edge {counts['word-edge']}/{len(prompts)}",
+                flush=True,
+            )
             for prompt, output in read[:4]:
                 print(f"                {prompt!r} -> {output[:90]!r}")
-
 
 
 if __name__ == "__main__":

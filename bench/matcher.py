@@ -14,7 +14,7 @@ from bench.compile import synthetic_terms
 from filters.automaton import TermAutomaton
 from filters.text_matcher import StreamMatcher, find_matches
 
-WORDS = ("the of and to in is was for that with as on by at from his her they this which be or are an had not but "
+WORDS = ("the of and to in is was for that with as on by at from his her they this which be or are an had not but "  # noqa: SIM905 - a sentence reads better
          "were have one all their there can been if more when will would who so no time people year said made way "
          "story river mountain city garden winter morning letter music window friend children history science "
          "café naïve résumé Zürich 東京 москва 🙂 42 3.14 e-mail").split()  # fmt: skip
@@ -34,7 +34,9 @@ def main() -> None:
     text = benign_text(2_000_000)
     megabytes = len(text.encode()) / 1e6
     for count in (10, 10_000):
-        automaton = TermAutomaton(["Spider-Man", "Harry Potter", "Pikachu", "Batman", "Mickey Mouse"] + synthetic_terms(count - 5))
+        automaton = TermAutomaton(
+            ["Spider-Man", "Harry Potter", "Pikachu", "Batman", "Mickey Mouse"] + synthetic_terms(count - 5)
+        )
         t0 = time.perf_counter()
         found = find_matches(automaton, text)
         elapsed = time.perf_counter() - t0
@@ -44,7 +46,7 @@ def main() -> None:
             latencies = []
             for start in range(0, 400_000, chunk_size):
                 t1 = time.perf_counter()
-                matcher.feed(text[start:start + chunk_size])
+                matcher.feed(text[start : start + chunk_size])
                 latencies.append(time.perf_counter() - t1)
             latencies.sort()
             p99 = latencies[int(len(latencies) * 0.99)]

@@ -103,7 +103,10 @@ def main() -> None:
     for name, texts in text_sets(args.report).items():
         by_mode = {mode: hits(a, term_target, texts) for mode, a in automata.items()}
         print(f"\n== {name}: {len(texts)} texts")
-        print(f"{'mode':<14}{'per-target rate':>18}{'texts hit by any':>18}" + "".join(f"{p.split('/')[0][7:]:>24}" for p in policies))
+        print(
+            f"{'mode':<14}{'per-target rate':>18}{'texts hit by any':>18}"
+            + "".join(f"{p.split('/')[0][7:]:>24}" for p in policies)
+        )
         rows = ("word", *THRESHOLDS, "inside") if not name.startswith("REPORT") else ("word", 99, INSIDE_MIN_CHARS)
         chosen_examples: list = []
         for threshold in rows:  # report-only sets: the chosen setting and its neighbours in mode only, no sweep
@@ -132,7 +135,10 @@ def main() -> None:
             label = "word (hits)" if threshold == "word" else ("prefix" if threshold == 99 else
                                                                ("inside (all)" if threshold == "inside" else f"reader>={threshold}"))  # fmt: skip
             per_target = sum(over_by_target.values()) / (len(targets) * len(texts))
-            cells = "".join(f"{over_by_target.get(p, 0):>12}/{len(texts):<5} {100 * over_by_target.get(p, 0) / len(texts):4.1f}%" for p in policies)
+            cells = "".join(
+                f"{over_by_target.get(p, 0):>12}/{len(texts):<5} {100 * over_by_target.get(p, 0) / len(texts):4.1f}%"
+                for p in policies
+            )
             print(f"{label:<14}{100 * per_target:>17.4f}%{any_hit:>10}/{len(texts):<7}{cells}")
             if threshold == INSIDE_MIN_CHARS:
                 chosen_examples = examples

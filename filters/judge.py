@@ -64,7 +64,15 @@ def judge_messages(concept: Concept, window: str) -> list[dict[str, str]]:
     if concept.counterexamples:
         lines.append("Texts that are NOT about the topic:")
         lines += [f"- {t}" for t in concept.counterexamples[:MAX_SHOTS]]
-    lines += ["", "TEXT:", "<<<", window[:MAX_WINDOW_CHARS], ">>>", "", "Is the TEXT about the topic? Answer yes or no."]
+    lines += [
+        "",
+        "TEXT:",
+        "<<<",
+        window[:MAX_WINDOW_CHARS],
+        ">>>",
+        "",
+        "Is the TEXT about the topic? Answer yes or no.",
+    ]
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
 
 
@@ -267,7 +275,6 @@ class Judges:
             raise ValueError(f"target {target.id!r} has an uncertain window but no judge configured")
         window = text[d.span[0] : d.span[1]].strip()
         return await self.client(judge.url, judge.model).ask(concept, window, judge.timeout_ms, judge.yes_threshold)
-
 
 
 def _judge_threshold(target: Target) -> float:

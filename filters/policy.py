@@ -364,7 +364,6 @@ class Target(_Strict):
             raise ValueError("facts are masked where the person is named: give the target the terms that name them")
         return self
 
-
     @property
     def judge_on_timeout(self) -> OnTimeout:
         """The concept judge's time-out policy, its default resolved: fail closed for `refuse` targets."""

@@ -92,8 +92,16 @@ def _build_indexes(policy: Policy, source: str) -> None:
         try:
             cached_index(corpus.digest, corpus=corpus)
         except (OSError, MemoryError, CorpusError) as exc:
-            raise PolicyError([PolicyIssue(source, None, f"targets[{i}].protected_text",
-                                           f"cannot build the index of {len(corpus.files)} file(s): {exc}")]) from None
+            raise PolicyError(
+                [
+                    PolicyIssue(
+                        source,
+                        None,
+                        f"targets[{i}].protected_text",
+                        f"cannot build the index of {len(corpus.files)} file(s): {exc}",
+                    )
+                ]
+            ) from None
 
 
 def policy_files(directory: Path) -> list[Path]:
@@ -116,7 +124,9 @@ def load_policy_dir(directory: Path) -> DirectoryLoad:
             continue
         if policy.id in result.policies:
             other = result.files[policy.id]
-            result.errors[path] = [PolicyIssue(str(path), None, "id", f"policy id {policy.id!r} is also used by {other}")]
+            result.errors[path] = [
+                PolicyIssue(str(path), None, "id", f"policy id {policy.id!r} is also used by {other}")
+            ]
             continue
         result.policies[policy.id] = policy
         result.files[policy.id] = path

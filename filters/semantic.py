@@ -185,7 +185,6 @@ def judge_band(concept: Concept, classifier: ConceptClassifier, negative_scores:
     return min(low, classifier.threshold), max(high, float(np.nextafter(classifier.threshold, np.inf)))
 
 
-
 @dataclass(frozen=True, eq=False)
 class TargetModel:
     policy: Policy

@@ -99,6 +99,6 @@ class OutputGuard:
         chunk = self._buffer[: upto - self._base]
         shifted = [Match(m.term, m.start - self._base, m.end - self._base) for m in inside if m.start >= self._base]
         text = redact(chunk, shifted, REDACTION)
-        self._buffer = self._buffer[upto - self._base:]
+        self._buffer = self._buffer[upto - self._base :]
         self._base = upto
         return text

@@ -110,8 +110,11 @@ class SurfaceLayer:
             "quell_inside_terms": list(self.mask_inside_terms),
             "quell_protected": list(self.mask_protected),
             "quell_patterns": list(self.mask_patterns),
-            "quell_facts": [json.dumps({"names": list(g.names), "facts": list(g.facts)}, ensure_ascii=False)
-                            for g, rule in self.facts if rule.action is SurfaceAction.MASK],
+            "quell_facts": [
+                json.dumps({"names": list(g.names), "facts": list(g.facts)}, ensure_ascii=False)
+                for g, rule in self.facts
+                if rule.action is SurfaceAction.MASK
+            ],
         }
         return {key: terms for key, terms in args.items() if terms}
 

@@ -78,8 +78,10 @@ def _load(digest: str, folder: str) -> dict[str, tuple[str, ...]]:
         raw = json.loads(data)
     except ValueError as exc:
         raise ValueError(f"{where} is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict) or not set(raw) <= set(CARRIED_KEYS) or not all(
-        isinstance(v, list) and all(isinstance(t, str) for t in v) for v in raw.values()
+    if (
+        not isinstance(raw, dict)
+        or not set(raw) <= set(CARRIED_KEYS)
+        or not all(isinstance(v, list) and all(isinstance(t, str) for t in v) for v in raw.values())
     ):
         raise ValueError(f"{where} must map {', '.join(CARRIED_KEYS)} to lists of strings")
     return {k: tuple(v) for k, v in raw.items()}

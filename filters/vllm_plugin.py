@@ -142,8 +142,13 @@ def parse_facts(extra_args: dict[str, Any] | None) -> list[tuple[tuple[str, ...]
             group = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise ValueError(f"vllm_xargs.{FACTS_KEY}[{i}] is not JSON: {exc}") from None
-        if not isinstance(group, dict) or set(group) != {"names", "facts"} or not all(
-            isinstance(v, list) and v and all(isinstance(x, str) and word_chars(x) for x in v) for v in group.values()
+        if (
+            not isinstance(group, dict)
+            or set(group) != {"names", "facts"}
+            or not all(
+                isinstance(v, list) and v and all(isinstance(x, str) and word_chars(x) for x in v)
+                for v in group.values()
+            )
         ):
             raise ValueError(f'vllm_xargs.{FACTS_KEY}[{i}] must be {{"names": [...], "facts": [...]}} with non-empty '
                              "lists of strings that have letters or digits")  # fmt: skip
@@ -242,7 +247,9 @@ class QuellLogitsProcessor(LogitsProcessor):
         for request in self._requests.values():
             request.banned = self._with_protected(request, self._step_banned(request))
 
-    def _new_request(self, params: SamplingParams, prompt_ids: list[int] | None, output_ids: list[int]) -> _Request | None:
+    def _new_request(
+        self, params: SamplingParams, prompt_ids: list[int] | None, output_ids: list[int]
+    ) -> _Request | None:
         try:
             terms = parse_terms(params.extra_args)
             facts = parse_facts(params.extra_args)

@@ -58,7 +58,9 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             metrics.count_reload(not snap.errors)
             history.observe(snap)
 
-        registry = PolicyRegistry(settings.policies, on_reload=reloaded, removal_grace_s=settings.policy_removal_grace_s)
+        registry = PolicyRegistry(
+            settings.policies, on_reload=reloaded, removal_grace_s=settings.policy_removal_grace_s
+        )
         snapshot = registry.reload()
         audit = AuditLog(settings.audit_url, queue_size=settings.audit_queue_size, metrics=metrics)
         await audit.start()
@@ -78,8 +80,11 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         app.state.gateway = gateway
         gateway._tasks.append(asyncio.create_task(gateway.connect_backend()))
         if settings.policies.is_dir():
-            gateway._tasks.append(asyncio.create_task(
-                watch_policies(settings.policies, gateway.reload_policies, settings.reload_debounce_ms)))
+            gateway._tasks.append(
+                asyncio.create_task(
+                    watch_policies(settings.policies, gateway.reload_policies, settings.reload_debounce_ms)
+                )
+            )
         try:
             yield
         finally:

@@ -281,7 +281,7 @@ class AuditLog:
             await asyncio.to_thread(migrate, self.engine)
             self._migrated = True
             log.info("audit store ready: %s", self.url)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to open the store: reported, the gateway serves on
             self.last_error = _first_line(exc)
             self._down = True
             log.error("audit store %s unavailable at start-up (events will wait in the queue): %s",
@@ -360,7 +360,7 @@ class AuditLog:
                 self._pop(len(batch))
                 self._drop(len(batch), "rejected")
                 continue
-            except Exception as exc:  # down, unreachable, locked, connection cut, schema missing: keep and retry
+            except Exception as exc:  # noqa: BLE001 - down, unreachable, locked, connection cut, schema missing: keep and retry
                 self._failed(exc, retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)

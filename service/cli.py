@@ -24,7 +24,9 @@ err_console = Console(stderr=True)
 
 @app.command()
 def serve(
-    policies: Annotated[Path | None, typer.Option(help="Policies directory [env QUELL_POLICIES, default policies/]")] = None,
+    policies: Annotated[
+        Path | None, typer.Option(help="Policies directory [env QUELL_POLICIES, default policies/]")
+    ] = None,
     host: Annotated[str | None, typer.Option(help="Listen address [env QUELL_HOST, default 127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port [env QUELL_PORT, default 8000]")] = None,
     backend_url: Annotated[
@@ -46,6 +48,7 @@ def serve(
     from service.app import create_app
     from service.auth import KeyRing, exposure_problem
     from service.stream_end import DrainingServer
+
     try:
         problem = exposure_problem(settings.host, KeyRing.load(settings.keys_file, settings.api_keys))
     except ValueError as exc:
@@ -135,8 +138,9 @@ def policy_test(
     path: Annotated[Path, typer.Argument(help="A policy file")],
     text: Annotated[str | None, typer.Argument(help="Text to check (default: read standard input)")] = None,
     semantic: Annotated[bool, typer.Option(help="Also run the semantic layers (loads the local embedder)")] = False,
-    boundary: Annotated[int, typer.Option(help="With --semantic: how many texts nearest each concept's decision "
-                                               "boundary to show")] = 5,
+    boundary: Annotated[
+        int, typer.Option(help="With --semantic: how many texts nearest each concept's decision boundary to show")
+    ] = 5,
 ) -> None:
     """Which layers of a policy fire on a text, with spans and scores. Exit 0: nothing fired, 1: something did."""
     import asyncio

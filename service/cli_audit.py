@@ -20,7 +20,6 @@ DEFAULT_URL = "sqlite:///.cache/audit.db"
 EXIT_NO_MATCH, EXIT_BAD_INPUT, EXIT_UNAVAILABLE = 1, 2, 3
 
 
-
 def audit(
     since: Annotated[str | None, typer.Option(help="Only events after this: 15m, 2h, 7d, or an ISO time (UTC)")] = None,
     policy: Annotated[str | None, typer.Option(help="A policy id (all versions) or id@version")] = None,

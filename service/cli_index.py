@@ -24,8 +24,9 @@ err_console = Console(stderr=True)
 @index_app.command("build")
 def index_build(
     paths: Annotated[list[Path], typer.Argument(help="Policy files, or directories of them")],
-    index_dir: Annotated[Path | None, typer.Option(help="Where to write [env QUELL_INDEX_DIR, default "
-                                                        "$QUELL_CACHE_DIR/protected]")] = None,  # fmt: skip
+    index_dir: Annotated[
+        Path | None, typer.Option(help="Where to write [env QUELL_INDEX_DIR, default $QUELL_CACHE_DIR/protected]")
+    ] = None,
 ) -> None:
     """Build every protected_text index of the policies (an index already on disk is kept). Exit 1 on any problem
     (a policy that does not validate, a source that cannot be read), 0 when every index is on disk."""
@@ -70,7 +71,7 @@ def index_build(
             try:
                 with Progress(*columns, console=err_console, transient=True) as progress:
                     task = progress.add_task(f"{target.id} ({corpus.digest[:12]})", total=corpus.words)
-                    index = ProtectedIndex.build(corpus, lambda done: progress.update(task, completed=done))
+                    index = ProtectedIndex.build(corpus, lambda done, task=task: progress.update(task, completed=done))
                 index.save(directory)
             except (OSError, MemoryError, CorpusError) as exc:
                 failed += 1

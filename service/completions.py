@@ -103,6 +103,7 @@ class RequestContext:
     def of(cls, endpoint: Endpoint, body: dict, policies: Sequence[Policy], **rest: Any) -> RequestContext:
         """The context for these policies, with their (cached) output surface layer."""
         return cls(endpoint, body, tuple(policies), surface_layer(policies, "output"), **rest)
+
     @property
     def headers(self) -> dict[str, str]:
         return {POLICY_HEADER: ",".join(p.ref for p in self.policies), "x-request-id": self.request_id}
@@ -127,7 +128,9 @@ class RequestContext:
         for key, ours in self.surface.plugin_args().items():  # protected text: index content hashes, never the corpus
             if ours:  # a client may add terms of its own, never take ours away
                 theirs = xargs.get(key)
-                xargs[key] = list(ours) + ([t for t in theirs if isinstance(t, str)] if isinstance(theirs, list) else [])
+                xargs[key] = list(ours) + (
+                    [t for t in theirs if isinstance(t, str)] if isinstance(theirs, list) else []
+                )
         if xargs:
             body["vllm_xargs"] = xargs
         return body

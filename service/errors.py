@@ -81,7 +81,9 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
         param = "body" if exc.status_code == 413 else None
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        return APIError(exc.status_code, detail, code=code, param=param, headers=getattr(exc, "headers", None)).response()
+        return APIError(
+            exc.status_code, detail, code=code, param=param, headers=getattr(exc, "headers", None)
+        ).response()
 
     @app.exception_handler(RecursionError)
     async def _too_deep(_: Request, exc: RecursionError) -> JSONResponse:

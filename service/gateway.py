@@ -115,7 +115,7 @@ class Gateway:
                 log.info("decode-time masks sent to the plugin for the default policies (%d terms, %d indexes)",
                          sum(len(v) for k, v in xargs.items() if k != "quell_protected"),
                          len(xargs.get("quell_protected", [])))  # fmt: skip
-        except Exception as exc:  # an optimisation only: the first request computes what is missing
+        except Exception as exc:  # noqa: BLE001 - an optimisation only: the first request computes what is missing
             log.warning("warming the decode-time masks failed: %s", exc)
 
     @property
@@ -141,7 +141,7 @@ class Gateway:
             self.connected = True
             log.info("backend ready at %s; surface layer: %s", self.backend.base_url, self.capability)
             self.warm_decode_masks()
-        except Exception as exc:  # startup failure is reported on /readyz, the process stays up to say so
+        except Exception as exc:  # noqa: BLE001 - startup failure is reported on /readyz, the process stays up to say so
             self.backend_error = str(exc)
             log.error("backend failed to start: %s", exc)
 

@@ -19,7 +19,9 @@ from service.policy_registry import surface_layer
 from service.semantic_runtime import SemanticRuntime
 
 
-async def screen(endpoint: Endpoint, body: dict, policies: Sequence[Policy], runtime: SemanticRuntime) -> tuple[list[Decision], str]:
+async def screen(
+    endpoint: Endpoint, body: dict, policies: Sequence[Policy], runtime: SemanticRuntime
+) -> tuple[list[Decision], str]:
     """Decisions on the input, and the text they were made on (for the audit)."""
     inbound = [p for p in policies if "input" in p.applies_to]
     if not inbound:

@@ -59,9 +59,9 @@ class Metrics:
             "quell_backend_latency_seconds", "Backend call duration, until the response (JSON) or its end (SSE).",
             ["route"], buckets=BACKEND_BUCKETS, registry=r)  # fmt: skip
         self.policy_reloads = Counter(
-            "quell_policy_reloads", "Policy reloads, by result (success or failure).", ["result"], registry=r)
-        self.audit_queue_depth = Gauge(
-            "quell_audit_queue_depth", "Audit events waiting to be written.", registry=r)
+            "quell_policy_reloads", "Policy reloads, by result (success or failure).", ["result"], registry=r
+        )
+        self.audit_queue_depth = Gauge("quell_audit_queue_depth", "Audit events waiting to be written.", registry=r)
         self.audit_dropped = Counter(
             "quell_audit_dropped", "Audit events lost, by reason (queue_full, closed, shutdown, rejected).",
             ["reason"], registry=r)  # fmt: skip
@@ -70,16 +70,17 @@ class Metrics:
         for result in ("success", "failure"):
             self.policy_reloads.labels(result=result)
         self.audit_write_failures = Counter(
-            "quell_audit_write_failures", "Failed attempts to write a batch of audit events (retried).", registry=r)
-        self.audit_written = Counter(
-            "quell_audit_written", "Audit events written to the store.", registry=r)
+            "quell_audit_write_failures", "Failed attempts to write a batch of audit events (retried).", registry=r
+        )
+        self.audit_written = Counter("quell_audit_written", "Audit events written to the store.", registry=r)
         self.backend_restarts = Counter(
             "quell_backend_restarts", "Restarts of the managed vLLM, by cause (exited, start_failed, port_in_use, "
             "not_ours).", ["cause"], registry=r)  # fmt: skip
         for cause in BACKEND_RESTART_CAUSES:
             self.backend_restarts.labels(cause=cause)
         self.backend_up = Gauge(
-            "quell_backend_up", "1 while the managed vLLM is running and proven to be this gateway's own.", registry=r)
+            "quell_backend_up", "1 while the managed vLLM is running and proven to be this gateway's own.", registry=r
+        )
         self.judge_calls = Counter(
             "quell_judge_calls", "Windows put to the concept judge, by outcome (yes, no, timeout, error) and whether "
             "the answer came from its cache.", ["outcome", "cached"], registry=r)  # fmt: skip

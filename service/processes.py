@@ -44,7 +44,7 @@ def start(command: Sequence[str], log: Path, env: Mapping[str, str] | None = Non
     with log.open("wb") as out:
         return subprocess.Popen(list(command), cwd=cwd, env=dict(env) if env is not None else None, stdout=out,
                                 stderr=subprocess.STDOUT,
-                                preexec_fn=functools.partial(own_session_dying_with, os.getpid()))  # fmt: skip
+                                preexec_fn=functools.partial(own_session_dying_with, os.getpid()))  # noqa: PLW1509 - setsid+prctl before exec  # fmt: skip
 
 
 def wait_ready(base_url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 300) -> dict:

@@ -43,7 +43,9 @@ def filter_alternatives(logprobs: object, automaton: TermAutomaton | None, alter
                 continue
             tops = entry.get("top_logprobs")
             if isinstance(tops, list):
-                entry["top_logprobs"] = [t for t in tops if isinstance(t, dict) and walk.allowed(str(t.get("token", "")))]
+                entry["top_logprobs"] = [
+                    t for t in tops if isinstance(t, dict) and walk.allowed(str(t.get("token", "")))
+                ]
             walk.advance(str(entry.get("token", "")))
         return
     tokens, tops = logprobs.get("tokens"), logprobs.get("top_logprobs")
@@ -103,7 +105,7 @@ class StreamedTokens:
             self._diverged = True
             self._ids, self._logprobs, self._unreleased = [], None, ""
             return
-        self._unreleased = self._unreleased[len(released):]
+        self._unreleased = self._unreleased[len(released) :]
         if self._unreleased:
             return  # part of the text is still held back: so are the tokens that spell it
         if self._ids:

@@ -129,7 +129,8 @@ class ManagedVLLM:
             log.info("starting managed vLLM on %s (log: %s)", self.url, self.log_path)
             self.process = subprocess.Popen(
                 self.command(), env=self.environment(), stdout=log_file, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, preexec_fn=functools.partial(own_session_dying_with, os.getpid()),
+                stdin=subprocess.DEVNULL,
+                preexec_fn=functools.partial(own_session_dying_with, os.getpid()),  # noqa: PLW1509 - setsid+prctl
             )  # fmt: skip
 
     @property

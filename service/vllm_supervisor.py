@@ -115,7 +115,7 @@ class VLLMSupervisor:
             await asyncio.to_thread(child.stop, 5.0)
             self._down(str(exc), child)
             return "not_ours"
-        except Exception as exc:  # exited while starting, or the gateway refused it (e.g. no plugin)
+        except Exception as exc:  # noqa: BLE001 - exited while starting, or the gateway refused it (e.g. no plugin)
             await asyncio.to_thread(child.stop, 5.0)
             self._down(f"managed vLLM failed to start: {exc}", child)
             return "start_failed"
@@ -169,4 +169,3 @@ class VLLMSupervisor:
         self.state.phase = "stopped"
         if self.child is not None:
             self.child.stop(grace_s)
-

@@ -40,7 +40,9 @@ class FakeBackend:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             line = head.split(b"\r\n", 1)[0].decode()
-            lengths = [int(h.split(b":", 1)[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")]
+            lengths = [
+                int(h.split(b":", 1)[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")
+            ]
             length = lengths[0] if lengths else 0
             if length:
                 await reader.readexactly(length)
@@ -59,7 +61,7 @@ class FakeBackend:
             if self.then == "finish":
                 writer.write(b"0\r\n\r\n")
             elif self.then == "cut":
-                writer.write(b"40\r\ndata: {\"id\":\"chatcmpl-cut")  # half a chunk, then the connection drops
+                writer.write(b'40\r\ndata: {"id":"chatcmpl-cut')  # half a chunk, then the connection drops
             else:
                 await writer.drain()
                 assert self._release is not None

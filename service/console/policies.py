@@ -165,8 +165,12 @@ async def edit_policy(request: Request, policy_id: str, session: SessionDep, gat
 async def validate(request: Request, session: WriterDep, gateway: GatewayDep) -> JSONResponse:
     """The editor's validate-as-you-type: {"policy_id", "yaml"} in, the issues with their lines out."""
     body = await request.json()
-    if not isinstance(body, dict) or not isinstance(body.get("yaml"), str) or not isinstance(body.get("policy_id"), str):
-        return JSONResponse({"error": "expected {\"policy_id\": str, \"yaml\": str}"}, status_code=400)
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("yaml"), str)
+        or not isinstance(body.get("policy_id"), str)
+    ):
+        return JSONResponse({"error": 'expected {"policy_id": str, "yaml": str}'}, status_code=400)
     policy, issues = _parse(gateway, body["policy_id"], body["yaml"])
     return JSONResponse({"valid": policy is not None, "version": policy.version if policy else None,
                          "errors": [{"line": i.line, "field": i.field, "message": i.message, "text": str(i)}

@@ -45,8 +45,12 @@ def eval_command(
     backend_url: Annotated[str | None, typer.Option(help="A running vLLM with the Quell plugin")] = None,
     max_tokens: Annotated[int, typer.Option(min=1)] = 64,
     concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight")] = 8,
-    semantic_scores: Annotated[bool, typer.Option(help="Score unfiltered outputs with the policy's semantic layers "
-                                                       "(threshold curves, in-process columns)")] = True,  # fmt: skip
+    semantic_scores: Annotated[
+        bool,
+        typer.Option(
+            help="Score unfiltered outputs with the policy's semantic layers (threshold curves, in-process columns)"
+        ),
+    ] = True,
     resume: Annotated[bool, typer.Option(help="Keep OUT/results.jsonl and skip what it already answered")] = False,
 ) -> None:
     """Measure leak rate and over-blocking of a policy, per layer, against baselines; write an HTML report."""
@@ -128,8 +132,10 @@ def eval_command(
     verbatim = VerbatimJudge(pol)  # protected-text targets: longest verbatim run, over the limit, ROUGE-L
     summary = summarise(rows, run_configs, terms, layers, verbatim or None)
     if not semantic_ok:
-        notes.append("This gateway build has no QUELL_SEMANTIC setting: the `all` column runs the decode mask "
-                     "and the text backstop only; the semantic layers are measured in process (@inproc columns).")
+        notes.append(
+            "This gateway build has no QUELL_SEMANTIC setting: the `all` column runs the decode mask "
+            "and the text backstop only; the semantic layers are measured in process (@inproc columns)."
+        )
     ready_file = out / "work" / "gateways.json"
     gateways_ready = json.loads(ready_file.read_text()) if ready_file.exists() else {}
     descriptions = {c.name: c.description for c in run_configs}

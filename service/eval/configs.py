@@ -89,26 +89,65 @@ def all_configs() -> list[RunConfig]:
     off = {"QUELL_DECODE_MASK": "off", "QUELL_TEXT_BACKSTOP": "false", "QUELL_SEMANTIC": "none", "QUELL_JUDGE": "false"}
     return [
         RunConfig(NONE, "no policy: vLLM directly", "backend"),
-        RunConfig(SYSTEM_PROMPT, "an instruction in the system prompt only, vLLM directly", "backend",
-                  instruct=True),  # fmt: skip
-        RunConfig(BAD_WORDS, "vLLM's bad_words sampling parameter with every term, vLLM directly", "backend",
-                  masks=True, use_bad_words=True),  # fmt: skip
-        RunConfig("decode_mask", "gateway: decode-time mask only (backstop and semantic layers off)", "gateway",
-                  {**off, "QUELL_DECODE_MASK": "on"}, masks=True),  # fmt: skip
-        RunConfig("surface", "gateway: text backstop only (surface matcher and protected-text stream; no decode "
-                  "mask, no semantic layers)", "gateway",
-                  {**off, "QUELL_TEXT_BACKSTOP": "true"}, term_judge=False),  # fmt: skip
-        RunConfig("embedding", "gateway: embedding blocklist only", "gateway",
-                  {**off, "QUELL_SEMANTIC": "embedding"}, semantic=("embedding",)),  # fmt: skip
-        RunConfig("classifier", "gateway: concept classifier only", "gateway",
-                  {**off, "QUELL_SEMANTIC": "classifier"}, semantic=("classifier",)),  # fmt: skip
-        RunConfig(JUDGE, "gateway: concept classifier with the judge model on the windows it is unsure about "
-                  "(concepts with concept.judge)", "gateway",
-                  {**off, "QUELL_SEMANTIC": "classifier", "QUELL_JUDGE": "true"}, semantic=("classifier",)),  # fmt: skip
-        RunConfig("all", "gateway: every layer (decode mask, text backstop, embedding, classifier, judge)", "gateway",
-                  {"QUELL_DECODE_MASK": "auto", "QUELL_TEXT_BACKSTOP": "true", "QUELL_JUDGE": "true",
-                   "QUELL_SEMANTIC": ",".join(SEMANTIC_LAYERS)}, term_judge=False, masks=True,
-                  semantic=SEMANTIC_LAYERS),  # fmt: skip
+        RunConfig(SYSTEM_PROMPT, "an instruction in the system prompt only, vLLM directly", "backend", instruct=True),
+        RunConfig(
+            BAD_WORDS,
+            "vLLM's bad_words sampling parameter with every term, vLLM directly",
+            "backend",
+            masks=True,
+            use_bad_words=True,
+        ),
+        RunConfig(
+            "decode_mask",
+            "gateway: decode-time mask only (backstop and semantic layers off)",
+            "gateway",
+            {**off, "QUELL_DECODE_MASK": "on"},
+            masks=True,
+        ),
+        RunConfig(
+            "surface",
+            "gateway: text backstop only (surface matcher and protected-text stream; no decode "
+            "mask, no semantic layers)",
+            "gateway",
+            {**off, "QUELL_TEXT_BACKSTOP": "true"},
+            term_judge=False,
+        ),
+        RunConfig(
+            "embedding",
+            "gateway: embedding blocklist only",
+            "gateway",
+            {**off, "QUELL_SEMANTIC": "embedding"},
+            semantic=("embedding",),
+        ),
+        RunConfig(
+            "classifier",
+            "gateway: concept classifier only",
+            "gateway",
+            {**off, "QUELL_SEMANTIC": "classifier"},
+            semantic=("classifier",),
+        ),
+        RunConfig(
+            JUDGE,
+            "gateway: concept classifier with the judge model on the windows it is unsure about "
+            "(concepts with concept.judge)",
+            "gateway",
+            {**off, "QUELL_SEMANTIC": "classifier", "QUELL_JUDGE": "true"},
+            semantic=("classifier",),
+        ),
+        RunConfig(
+            "all",
+            "gateway: every layer (decode mask, text backstop, embedding, classifier, judge)",
+            "gateway",
+            {
+                "QUELL_DECODE_MASK": "auto",
+                "QUELL_TEXT_BACKSTOP": "true",
+                "QUELL_JUDGE": "true",
+                "QUELL_SEMANTIC": ",".join(SEMANTIC_LAYERS),
+            },
+            term_judge=False,
+            masks=True,
+            semantic=SEMANTIC_LAYERS,
+        ),
     ]
 
 

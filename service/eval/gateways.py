@@ -104,7 +104,8 @@ def running(configs: Sequence[RunConfig], policy_file: Path, workdir: Path,
             backend_key = secrets.token_urlsafe(32)
             env = {**base_env, "QUELL_VLLM_PORT": str(vllm_port), "QUELL_VLLM_API_KEY": backend_key}
             gateways[first.name], pids[first.name], ready[first.name] = stack.enter_context(
-                _gateway(first, env, [], logs))
+                _gateway(first, env, [], logs)
+            )
             backend = f"http://127.0.0.1:{vllm_port}"
         if backend_key:
             base_env["QUELL_BACKEND_API_KEY"] = backend_key

@@ -155,7 +155,8 @@ def judge(row: dict, terms: Sequence[str]) -> Verdict:
     return Verdict(
         answer_leak=answer_leaked(row.get("answers") or (), row.get("prompt") or "", output),
         term_leak=term_read(terms, output),
-        term_exact=bool(output) and _surface(tuple(terms)) is not None
+        term_exact=bool(output)
+        and _surface(tuple(terms)) is not None
         and bool(find_matches(_surface(tuple(terms)), output)),
         blocked=blocked(row),
         refusal_like=bool(REFUSAL_HINTS.search(output)),

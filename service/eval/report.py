@@ -102,8 +102,19 @@ def _protected_section(summary: dict) -> str:
 reads them: case and spacing do not matter), whether a run is longer than the target's <code>max_quote_words</code>
 (the product's own judge), and ROUGE-L F1 against the probe's reference (how much of the passage the answer still
 carries; for a filtered column, whether it still says something of it).</p>
-{_table(["column", "transform", "answers with a run over the limit", "longest run (max)", "longest run (mean)",
-         "ROUGE-L (mean)"], rows)}
+{
+        _table(
+            [
+                "column",
+                "transform",
+                "answers with a run over the limit",
+                "longest run (max)",
+                "longest run (mean)",
+                "ROUGE-L (mean)",
+            ],
+            rows,
+        )
+    }
 <p>Neighbour and benign prompts (they must pass untouched):</p>
 {_table(["column", "run over the limit", "longest run (max)", "blocked"], innocent)}"""
 
@@ -151,22 +162,22 @@ def render(summary: dict) -> str:
     gateways = "; ".join(f"<b>{html.escape(name)}</b>: " + html.escape(", ".join(
         f"{k}={v}" for k, v in body.items() if k not in ("backend", "policies", "status")))
         for name, body in meta.get("gateways_ready", {}).items()) or "n/a"  # fmt: skip
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>quell eval: {html.escape(meta['policy'])}</title>
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>quell eval: {html.escape(meta["policy"])}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;
 margin:1em 0;font-size:13px}}td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}th{{background:#f3f3f3}}
 small{{color:#666}}code{{background:#f6f6f6}}</style></head><body>
-<h1>How well does <code>{html.escape(meta['policy'])}</code> suppress?</h1>
-<p>{html.escape(meta['date'])} &middot; model <code>{html.escape(meta['model'])}</code> &middot; greedy,
-max_tokens {meta['max_tokens']} &middot; {meta['n_probes']} probes, {meta['n_neighbors']} neighbours,
-{meta['n_benign']} benign prompts &middot; transforms: {html.escape(', '.join(meta['transforms']))}</p>
-<p>Command: <code>{html.escape(meta['command'])}</code></p>
+<h1>How well does <code>{html.escape(meta["policy"])}</code> suppress?</h1>
+<p>{html.escape(meta["date"])} &middot; model <code>{html.escape(meta["model"])}</code> &middot; greedy,
+max_tokens {meta["max_tokens"]} &middot; {meta["n_probes"]} probes, {meta["n_neighbors"]} neighbours,
+{meta["n_benign"]} benign prompts &middot; transforms: {html.escape(", ".join(meta["transforms"]))}</p>
+<p>Command: <code>{html.escape(meta["command"])}</code></p>
 <p>Suppression of outputs, not removal of knowledge: a leak is the probe's answer (normalised match) or a target
 term reaching the output. "Term leak (as read)" counts a term from a word edge with any letters glued to its end
 ("Harry Potterto", "Dumbledore1"), as a person reads it; "term (exact match)" is the surface matcher's own
 contract (a word edge at both ends), so it does not judge columns that run the surface layer (n/a there).
 Over-blocking: neighbour and benign prompts refused, cut or redacted (for decode-time masks: the unfiltered answer
 held a term). Every rate shows k/n and its 95% Wilson interval.</p>
-<p>Code: git {html.escape(meta.get('git', ''))}. Gateways said at start (/readyz): {gateways}</p>
+<p>Code: git {html.escape(meta.get("git", ""))}. Gateways said at start (/readyz): {gateways}</p>
 <ul>{notes}</ul>{"<p>Skipped columns:</p><ul>" + skipped + "</ul>" if skipped else ""}
 <h2>Headline (probes as written)</h2>{_table(head, rows)}
 <h2>Leak per attack transform</h2>{_table(["transform", *cols], t_rows)}{transform_plot}

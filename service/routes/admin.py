@@ -123,8 +123,11 @@ async def put_policy(policy_id: str, request: Request, gateway: GatewayDep, _bod
         return _invalid([issue])
     async with _write_lock:  # one writer at a time in this process; rename is atomic across processes anyway
         path = gateway.registry.file_for(policy_id)  # named in the error if the write fails
-        request.app.state.policy_history.expect(policy_id, policy.digest,  # history: who made it live
-                                                operator_id(bearer(request.headers.get("authorization")) or ""))
+        request.app.state.policy_history.expect(
+            policy_id,
+            policy.digest,  # history: who made it live
+            operator_id(bearer(request.headers.get("authorization")) or ""),
+        )
         try:
             path = await asyncio.to_thread(gateway.registry.write, policy_id, text, _version(if_match))
         except VersionConflict as exc:

@@ -78,7 +78,9 @@ async def moderations(body: ModerationRequest, gateway: GatewayDep, tenant: Tena
                 raise APIError(504, f"moderation did not finish within {gateway.settings.moderation_timeout_s:g} s; "
                                     "send fewer or shorter texts", type="timeout_error",
                                code="moderation_timeout") from None  # fmt: skip
-    results = [_result(text, found, policies, tenant.see_detections) for text, found in zip(texts, semantic, strict=True)]
+    results = [
+        _result(text, found, policies, tenant.see_detections) for text, found in zip(texts, semantic, strict=True)
+    ]
     return {"id": f"modr-{uuid.uuid4().hex}", "model": body.model or "quell",
             "policies": [p.ref for p in policies] if tenant.see_detections else [p.id for p in policies],
             "results": results}  # fmt: skip

@@ -12,7 +12,9 @@ from service.endpoints import CHAT, COMPLETION
 from service.schemas import ChatCompletionRequest, CompletionRequest
 
 router = APIRouter(tags=["openai"])
-PoliciesHeader = Annotated[str | None, Header(alias="x-quell-policies", description="extra policy ids, comma-separated")]
+PoliciesHeader = Annotated[
+    str | None, Header(alias="x-quell-policies", description="extra policy ids, comma-separated")
+]
 
 
 @router.get("/v1/models")

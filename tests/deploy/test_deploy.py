@@ -79,7 +79,9 @@ def entrypoint_argv(dockerfile: Path, args: list[str], tmp_path: Path) -> list[s
 def test_gateway_entrypoint_needs_a_backend_url_and_execs_quell_serve(tmp_path: Path) -> None:
     missing = run_entrypoint(ROOT / "Dockerfile", "quell", [], tmp_path)
     assert missing.returncode == 64 and "QUELL_BACKEND_URL" in missing.stderr
-    ok = run_entrypoint(ROOT / "Dockerfile", "quell", ["--port", "9000"], tmp_path, QUELL_BACKEND_URL="http://vllm:8000")
+    ok = run_entrypoint(
+        ROOT / "Dockerfile", "quell", ["--port", "9000"], tmp_path, QUELL_BACKEND_URL="http://vllm:8000"
+    )
     assert ok.returncode == 0 and ok.stdout.splitlines() == ["quell", "serve", "--port", "9000"]
 
 

@@ -55,8 +55,9 @@ def stranger(status_without_key: int, status_with_any_key: int) -> Iterator[tupl
         server.server_close()
 
 
-@pytest.mark.parametrize(("without_key", "with_key", "why"), [(200, 200, "accepts any key"),
-                                                            (401, 401, "refuses this start's key")])
+@pytest.mark.parametrize(
+    ("without_key", "with_key", "why"), [(200, 200, "accepts any key"), (401, 401, "refuses this start's key")]
+)
 def test_a_stranger_on_the_port_is_not_taken_for_our_vllm(tmp_path: Path, without_key: int, with_key: int,
                                                           why: str) -> None:  # fmt: skip
     with stranger(without_key, with_key) as (port, seen):
@@ -84,7 +85,7 @@ def test_gateway_whose_vllm_port_is_taken_says_why_and_never_forwards(tmp_path: 
                             vllm_restart_backoff_max_s=0.2)  # fmt: skip
         with TestClient(create_app(settings, embedder=None)) as client:
             deadline = time.monotonic() + 30
-            while "quell_backend_restarts_total{cause=\"port_in_use\"} 2.0" not in client.get("/metrics").text:
+            while 'quell_backend_restarts_total{cause="port_in_use"} 2.0' not in client.get("/metrics").text:
                 assert time.monotonic() < deadline, client.get("/readyz").json()
                 time.sleep(0.05)
             ready = client.get("/readyz")

@@ -82,8 +82,8 @@ def test_streaming_chat_with_usage(client: openai.OpenAI, automaton) -> None:
 
 
 def test_streaming_and_json_agree_at_temperature_zero(client: openai.OpenAI) -> None:
-    kwargs = dict(model=MODEL, messages=[{"role": "user", "content": "Name three colours."}], max_tokens=30,
-                  temperature=0)  # fmt: skip
+    kwargs = {"model": MODEL, "messages": [{"role": "user", "content": "Name three colours."}], "max_tokens": 30,
+              "temperature": 0}  # fmt: skip
     whole = client.chat.completions.create(**kwargs).choices[0].message.content
     streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**kwargs, stream=True)
                        if c.choices)  # fmt: skip
@@ -114,8 +114,9 @@ def test_backend_rejection_is_relayed_as_400(client: openai.OpenAI) -> None:
 
 def _generated_tokens(vllm_port: int) -> float:
     metrics = httpx.get(f"http://127.0.0.1:{vllm_port}/metrics").text
-    return sum(float(m) for m in re.findall(r"^vllm:generation_tokens_total\{[^}]*\} ([0-9.e+]+)$", metrics,
-                                                re.MULTILINE))
+    return sum(
+        float(m) for m in re.findall(r"^vllm:generation_tokens_total\{[^}]*\} ([0-9.e+]+)$", metrics, re.MULTILINE)
+    )
 
 
 def test_client_disconnect_cancels_the_backend_request(gateway: RunningGateway) -> None:

@@ -33,7 +33,7 @@ LONG_STREAM = chat("Tell me a long story about a lighthouse.", stream=True, max_
 
 
 def sse_data(lines: list[str]) -> list[str]:
-    return [line[len("data:"):].strip() for line in lines if line.startswith("data:")]
+    return [line[len("data:") :].strip() for line in lines if line.startswith("data:")]
 
 
 def readyz(base: str) -> httpx.Response:

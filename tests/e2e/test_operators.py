@@ -113,8 +113,12 @@ def test_validate_route(ops: Ops) -> None:
     assert ok.status_code == 200 and ok.json()["policy"]["targets"][0]["on_surface"] == "stop"
     bad = httpx.post(f"{ops.base}/admin/policies:validate", headers=ops.admin, content=PLANETS.format(action="zap"))
     assert bad.status_code == 422
-    assert bad.json()["errors"][0] | {"message": ""} == {"file": "<request>", "line": 6,
-                                                         "field": "targets[0].on_surface", "message": ""}
+    assert bad.json()["errors"][0] | {"message": ""} == {
+        "file": "<request>",
+        "line": 6,
+        "field": "targets[0].on_surface",
+        "message": "",
+    }
 
 
 def test_test_route_reports_spans(ops: Ops) -> None:
@@ -184,9 +188,13 @@ def test_tenants_get_their_policies_and_may_add_only_allowed_ones(ops: Ops) -> N
     raw = beta.chat.completions.with_raw_response.create(model=MODEL, messages=msg, max_tokens=10)
     assert raw.headers["x-quell-policies"] == ""  # this tenant's list is empty
     with pytest.raises(openai.PermissionDeniedError):
-        beta.chat.completions.create(model=MODEL, messages=msg, max_tokens=5, extra_body={"quell": {"policies": ["planets"]}})
+        beta.chat.completions.create(
+            model=MODEL, messages=msg, max_tokens=5, extra_body={"quell": {"policies": ["planets"]}}
+        )
     with pytest.raises(openai.BadRequestError) as info:
-        acme.chat.completions.create(model=MODEL, messages=msg, max_tokens=5, extra_headers={"x-quell-policies": "nope"})
+        acme.chat.completions.create(
+            model=MODEL, messages=msg, max_tokens=5, extra_headers={"x-quell-policies": "nope"}
+        )
     assert "nope" in info.value.body["message"]
 
 
@@ -214,6 +222,6 @@ def test_suppressions_reach_audit_and_metrics(ops: Ops) -> None:
 
 
 def test_open_gateway_refuses_non_loopback() -> None:
-    res = subprocess.run([QUELL, "serve", "--host", "0.0.0.0", "--port", str(free_port())], capture_output=True,
+    res = subprocess.run([QUELL, "serve", "--host", "0.0.0.0", "--port", str(free_port())], capture_output=True, check=False,
                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": "/root"})  # fmt: skip
     assert res.returncode == 2 and "without client keys" in res.stderr.replace("\n", " ")

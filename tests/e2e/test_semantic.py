@@ -51,7 +51,9 @@ def semantic_gateway(gateway: RunningGateway, tmp_path_factory: pytest.TempPathF
 
 def _requests_seen(vllm_port: int) -> float:
     metrics = httpx.get(f"http://127.0.0.1:{vllm_port}/metrics").text
-    return sum(float(v) for v in re.findall(r"^vllm:request_success_total\{[^}]*\} ([0-9.e+]+)$", metrics, re.MULTILINE))
+    return sum(
+        float(v) for v in re.findall(r"^vllm:request_success_total\{[^}]*\} ([0-9.e+]+)$", metrics, re.MULTILINE)
+    )
 
 
 def test_moderations_shape_and_verdicts(semantic_gateway: str) -> None:

@@ -55,7 +55,7 @@ def vllm_url(gateway: RunningGateway) -> Iterator[str]:
         log.seek(start)
         text = log.read().decode(errors="replace")
     at = text.find("Traceback")
-    assert at < 0, f"vLLM logged an exception while this module ran:\n{text[max(at - 2000, 0):at + 3000]}"
+    assert at < 0, f"vLLM logged an exception while this module ran:\n{text[max(at - 2000, 0) : at + 3000]}"
 
 
 AUTH = {"Authorization": f"Bearer {BACKEND_KEY}"}

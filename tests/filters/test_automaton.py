@@ -27,7 +27,9 @@ LOOKALIKES = {"a": "а", "e": "е", "o": "ο", "p": "р", "c": "с", "i": "і", 
 def oracle(terms: list[str], text: str) -> bool:
     symbols = normalize(text)
     for term in terms:
-        pattern = f"(?<![^{SEPARATOR}])" + f"{SEPARATOR}*".join(map(re.escape, word_chars(term))) + f"(?![^{SEPARATOR}])"
+        pattern = (
+            f"(?<![^{SEPARATOR}])" + f"{SEPARATOR}*".join(map(re.escape, word_chars(term))) + f"(?![^{SEPARATOR}])"
+        )
         if re.search(pattern, symbols):
             return True
     return False
@@ -49,7 +51,9 @@ def disguised(draw: st.DrawFn, term: str) -> str:
 
 
 benign_words = st.lists(
-    st.sampled_from(["the", "spider", "managed", "a", "mane", "pot", "harrying", "bat", "pokes", "mon", "42", "über", "peter"]),
+    st.sampled_from(
+        ["the", "spider", "managed", "a", "mane", "pot", "harrying", "bat", "pokes", "mon", "42", "über", "peter"]
+    ),
     max_size=8,
 ).map(" ".join)
 

@@ -212,6 +212,23 @@ def _band_fpr_policy() -> Policy:
 
 
 def test_p_yes_reads_the_first_tokens_alternatives() -> None:
-    body = {"choices": [{"logprobs": {"content": [{"token": "No", "logprob": -0.1, "top_logprobs": [
-        {"token": "No", "logprob": -0.1}, {"token": " yes", "logprob": -2.4}, {"token": "Maybe", "logprob": -3.0}]}]}}]}
+    body = {
+        "choices": [
+            {
+                "logprobs": {
+                    "content": [
+                        {
+                            "token": "No",
+                            "logprob": -0.1,
+                            "top_logprobs": [
+                                {"token": "No", "logprob": -0.1},
+                                {"token": " yes", "logprob": -2.4},
+                                {"token": "Maybe", "logprob": -3.0},
+                            ],
+                        }
+                    ]
+                }
+            }
+        ]
+    }
     assert p_yes(body) == pytest.approx(0.0911, abs=1e-3)

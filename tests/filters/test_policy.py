@@ -85,25 +85,29 @@ def test_registry_keeps_last_good_version_of_a_broken_file(tmp_path: Path) -> No
 
 
 def test_cli_validate_ok_and_errors(tmp_path: Path) -> None:
-    ok = subprocess.run([QUELL, "policy", "validate", str(ROOT / "policies")], capture_output=True, text=True)
+    ok = subprocess.run(
+        [QUELL, "policy", "validate", str(ROOT / "policies")], capture_output=True, check=False, text=True
+    )
     assert ok.returncode == 0 and "OK" in ok.stdout and "spiderman@" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("id: x\ntargets:\n  - id: a\n    terms: [abc]\n    on_surface: zap\n")
-    res = subprocess.run([QUELL, "policy", "validate", str(bad)], capture_output=True, text=True)
+    res = subprocess.run([QUELL, "policy", "validate", str(bad)], capture_output=True, check=False, text=True)
     assert res.returncode == 1
     # One line per error, however long the path and whatever the terminal width: grep and editors can jump to it.
     (line,) = res.stdout.splitlines()
     assert line.startswith(f"ERROR {bad}:5: targets[0].on_surface: Input should be 'mask'"), line
-    missing = subprocess.run([QUELL, "policy", "validate", str(tmp_path / "nope")], capture_output=True, text=True)
+    missing = subprocess.run(
+        [QUELL, "policy", "validate", str(tmp_path / "nope")], capture_output=True, check=False, text=True
+    )
     assert missing.returncode == 2
 
 
 def test_cli_policy_test_exit_codes_and_spans() -> None:
     policy = str(ROOT / "policies" / "spiderman.yaml")
     fired = subprocess.run([QUELL, "policy", "test", policy, "I met s.p.i.d.e.r.m.a.n yesterday"],
-                           capture_output=True, text=True, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})  # fmt: skip
+                           capture_output=True, check=False, text=True, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})  # fmt: skip
     assert fired.returncode == 1 and "6-23" in fired.stdout and "spider-man" in fired.stdout
-    quiet = subprocess.run([QUELL, "policy", "test", policy], input="A garden spider spun its web.", capture_output=True,
+    quiet = subprocess.run([QUELL, "policy", "test", policy], input="A garden spider spun its web.", capture_output=True, check=False,
                            text=True)  # fmt: skip
     assert quiet.returncode == 0 and "nothing fired" in quiet.stdout
 
@@ -131,7 +135,7 @@ def test_match_mode_errors_name_the_field() -> None:
 def test_cli_policy_list_flags_broken_files(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(GOOD)
     (tmp_path / "b.yaml").write_text("id: b\ntargets: []\n")
-    res = subprocess.run([QUELL, "policy", "list", str(tmp_path)], capture_output=True, text=True,
+    res = subprocess.run([QUELL, "policy", "list", str(tmp_path)], capture_output=True, check=False, text=True,
                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})  # fmt: skip
     assert res.returncode == 1 and "demo" in res.stdout and "b.yaml:2: targets" in res.stdout
 
@@ -139,6 +143,6 @@ def test_cli_policy_list_flags_broken_files(tmp_path: Path) -> None:
 def test_cli_policy_test_semantic_layers() -> None:
     policy = str(ROOT / "policies" / "spiderman.yaml")
     text = "The web-slinger from Queens swung between skyscrapers after a radioactive spider bit him."
-    res = subprocess.run([QUELL, "policy", "test", "--semantic", policy, text], capture_output=True, text=True,
+    res = subprocess.run([QUELL, "policy", "test", "--semantic", policy, text], capture_output=True, check=False, text=True,
                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})  # fmt: skip
     assert res.returncode == 1 and "classifier" in res.stdout, res.stdout + res.stderr

@@ -167,7 +167,9 @@ def test_automaton_matcher_and_oracle_agree_under_any_chunking(pieces: list[str]
             assert m.start < len(text)
     found += matcher.finish()
     assert bool(found) is expected, text
-    assert sorted(found, key=lambda m: (m.start, m.end)) == sorted(find_matches(automaton, text), key=lambda m: (m.start, m.end))
+    assert sorted(found, key=lambda m: (m.start, m.end)) == sorted(
+        find_matches(automaton, text), key=lambda m: (m.start, m.end)
+    )
 
 
 # ---- decode time: the guarantee under each mode --------------------------------------------------------------------
@@ -192,7 +194,9 @@ MODES = {
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(seed=st.integers(0, 2**32 - 1), length=st.integers(1, 24))
 def test_masked_sampling_never_produces_a_match(mode: str, seed: int, length: int) -> None:
     """Whatever tokens a model picks among the allowed ones, the decoded text holds no match as the oracle reads it;

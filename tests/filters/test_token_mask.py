@@ -24,7 +24,25 @@ from tests.procs import ROOT
 MODEL_DIR = ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct"
 TERMS = ["Spider-Man", "Pokémon", "Harry Potter", "Batman"]
 
-TOY = [None, "spider", "-", "man", "Man", " man", ".", " ", "x", "spiderman.", "Pok", b"\xc3", b"\xa9", b"\xa9mon", "mon.", "bat", None]
+TOY = [
+    None,
+    "spider",
+    "-",
+    "man",
+    "Man",
+    " man",
+    ".",
+    " ",
+    "x",
+    "spiderman.",
+    "Pok",
+    b"\xc3",
+    b"\xa9",
+    b"\xa9mon",
+    "mon.",
+    "bat",
+    None,
+]
 EOS = 0
 
 
@@ -125,7 +143,7 @@ def test_width_beyond_the_tokenizer_is_banned() -> None:
     masks = toy_masks(width=len(TOY) + 5)
     mask = masks.banned(START)
     assert mask.shape == (len(TOY) + 5,)
-    assert mask[len(TOY):].all()
+    assert mask[len(TOY) :].all()
     assert not mask[EOS]
 
 
@@ -194,7 +212,9 @@ def test_real_masks_equal_reference(real) -> None:
         mask = masks.banned(cursor.state, cursor.tail, after_lower=cursor.after_lower)
         last = masks.banned(cursor.state, cursor.tail, after_lower=cursor.after_lower, last=True)
         upper = np.flatnonzero(vocab.starts_upper).tolist()
-        for token in rng.sample(range(vocab.size), 300) + continuing[:40] + rng.sample(upper, 40) + [tokenizer.eos_token_id]:
+        for token in (
+            rng.sample(range(vocab.size), 300) + continuing[:40] + rng.sample(upper, 40) + [tokenizer.eos_token_id]
+        ):
             end = reference_end(masks, cursor, token)
             assert ends[token] == end
             if vocab.token_bytes[token] is None:
@@ -216,8 +236,15 @@ def test_real_sampling_under_masks_never_produces_a_match(real) -> None:
     rng = random.Random(11)
     variants = ("{}", " {}", "{}.", "team{}", "xX{}Xx", "#Team{}", "🕷🌀", "\u200b")
     leet = str.maketrans("aeiost", "4310$7")
-    lures = sorted({t for term in TERMS for v in variants for w in (term, term.upper(), term.translate(leet))
-                    for t in tokenizer.encode(v.format(w), add_special_tokens=False)})
+    lures = sorted(
+        {
+            t
+            for term in TERMS
+            for v in variants
+            for w in (term, term.upper(), term.translate(leet))
+            for t in tokenizer.encode(v.format(w), add_special_tokens=False)
+        }
+    )
     for _ in range(30):
         cursor = Cursor(automaton, vocab)
         out: list[int] = []

@@ -42,7 +42,14 @@ def test_byte_level_rejects_foreign_characters() -> None:
 
 @pytest.mark.parametrize(
     "piece, expected",
-    [("▁hello", b" hello"), ("<0x0A>", b"\n"), ("<0xE2>", b"\xe2"), ("<0xe2>", b"\xe2"), ("<0xE2", b"<0xE2"), ("é", "é".encode())],
+    [
+        ("▁hello", b" hello"),
+        ("<0x0A>", b"\n"),
+        ("<0xE2>", b"\xe2"),
+        ("<0xe2>", b"\xe2"),
+        ("<0xE2", b"<0xE2"),
+        ("é", "é".encode()),
+    ],
 )
 def test_sentencepiece_pieces(piece: str, expected: bytes) -> None:
     assert sentencepiece_bytes(piece) == expected

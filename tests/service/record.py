@@ -56,8 +56,9 @@ REQUESTS: dict[str, list[tuple[str, str, dict | None]]] = {
 DICKENS = (ROOT / "policies/examples/corpora/dickens/two-cities-opening.txt").read_text().split("\n\n")[0]
 COPY = [{"role": "user", "content": f"Repeat this passage exactly, in upper case, one sentence per line:\n\n{DICKENS}"}]
 REQUESTS["chat_copy_dickens"] = [("POST", "/v1/chat/completions", {**GREEDY, "max_tokens": 80, "messages": COPY})]
-REQUESTS["chat_copy_dickens_stream"] = [("POST", "/v1/chat/completions", {**GREEDY, "max_tokens": 80,
-                                                                          "messages": COPY, "stream": True})]
+REQUESTS["chat_copy_dickens_stream"] = [
+    ("POST", "/v1/chat/completions", {**GREEDY, "max_tokens": 80, "messages": COPY, "stream": True})
+]
 
 # The concept judge (issue 14): the model's one-token answer, with its logprobs, to the judge's question per window.
 REQUESTS["judge_smollm"] = [("GET", "/v1/models", None)] + [

@@ -50,8 +50,11 @@ def test_path_like_policy_ids_write_nothing_outside_the_folder(gateway_for, poli
     yaml = f"id: {policy_id}\ntargets:\n  - id: t\n    terms: [Zanzibarian]\n"
     with gateway_for(admin_token="operator-token-123") as (client, _):
         resp = client.put(f"/admin/policies/{policy_id}", content=yaml, headers=ADMIN)
-        header = client.post("/v1/chat/completions", headers={"x-quell-policies": policy_id},
-                             json={"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "hi"}]})
+        header = client.post(
+            "/v1/chat/completions",
+            headers={"x-quell-policies": policy_id},
+            json={"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "hi"}]},
+        )
     assert 400 <= resp.status_code < 500 and 400 <= header.status_code < 500
     after = sorted(p.name for p in policy_dir.parent.rglob("*") if not p.name.startswith(("audit", "cache")))
     assert [p for p in after if p not in before] == []
@@ -75,8 +78,11 @@ def test_huge_headers_are_refused_by_the_server_not_a_500(serve_gateway) -> None
 
     with serve_gateway() as (base, _):
         ids = ",".join(f"p{i}" for i in range(20_000))
-        resp = httpx.post(f"{base}/v1/chat/completions", headers={"x-quell-policies": ids},
-                          json={"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "hi"}]})
+        resp = httpx.post(
+            f"{base}/v1/chat/completions",
+            headers={"x-quell-policies": ids},
+            json={"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "hi"}]},
+        )
         ok = httpx.get(f"{base}/healthz")
     assert 400 <= resp.status_code < 500 and ok.status_code == 200
     if resp.headers.get("content-type", "").startswith("application/json"):

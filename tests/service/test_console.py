@@ -132,7 +132,11 @@ def test_invalid_draft_is_not_saved_and_names_its_line(gateway_for, policy_dir) 
                            data={"yaml": bad, "base_version": version, "csrf_token": token})  # fmt: skip
         still = live_version(client, "spider-redact")
     assert not check["valid"] and check["errors"][0]["line"] == line and "on_surface" in check["errors"][0]["field"]
-    assert resp.status_code == 422 and "explode" in resp.text and f"spider-redact.yaml:{line}: targets[0].on_surface" in resp.text  # draft kept
+    assert (
+        resp.status_code == 422
+        and "explode" in resp.text
+        and f"spider-redact.yaml:{line}: targets[0].on_surface" in resp.text
+    )  # draft kept
     assert f'class="ln bad" data-line="{line}" title="targets[0].on_surface' in resp.text  # marked beside the line
     assert still == version and (policy_dir / "spider-redact.yaml").read_text() == before
 
@@ -148,7 +152,11 @@ def test_review_shows_the_diff_then_save_makes_it_live(gateway_for) -> None:
                             data={"yaml": draft, "base_version": old, "csrf_token": token})  # fmt: skip
         new = live_version(client, "spider-redact")
         answer = client.post("/v1/chat/completions", json=CHAT)
-    assert review.status_code == 200 and "-    on_surface: redact" in review.text and "+    on_surface: refuse" in review.text
+    assert (
+        review.status_code == 200
+        and "-    on_surface: redact" in review.text
+        and "+    on_surface: refuse" in review.text
+    )
     assert saved.status_code == 303 and saved.headers["location"].endswith(f"saved={new}") and new != old
     assert f"spider-redact@{new}" in answer.headers["x-quell-policies"]
     assert answer.json()["choices"][0]["message"]["content"] == "Sorry, not that topic."

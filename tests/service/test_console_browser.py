@@ -63,7 +63,9 @@ def shots(tmp_path: Path):
 def eval_dir(tmp_path: Path) -> Path:
     run = tmp_path / "eval" / "spider-2026-12-01"
     run.mkdir(parents=True)
-    (run / "summary.json").write_text('{"meta": {"policy": "spider-redact@4b0c8a1f2e3d", "date": "2026-12-01 10:00 UTC"}}')
+    (run / "summary.json").write_text(
+        '{"meta": {"policy": "spider-redact@4b0c8a1f2e3d", "date": "2026-12-01 10:00 UTC"}}'
+    )
     (run / "report.html").write_text("<h1>Quell eval report</h1><p>leak rate and over-blocking per layer</p>")
     return tmp_path / "eval"
 

@@ -87,11 +87,13 @@ def test_bounded_burst_of_json_and_sse_has_no_errors_and_no_memory_growth(serve_
 
         async def burst(requests: int) -> list[int]:
             async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+
                 async def one(i: int) -> int:
                     if i % 2:
                         return (await client.post("/v1/chat/completions", json=json_body)).status_code
                     status, _, finished = await _stream_text(client, sse_body)
                     return status if finished else -1
+
                 out: list[int] = []
                 for first in range(0, requests, 25):
                     out += await asyncio.gather(*[one(i) for i in range(first, min(requests, first + 25))])

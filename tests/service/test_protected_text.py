@@ -98,5 +98,3 @@ def test_stream_copying_the_passage_is_redacted(gateway_for, dickens: Path) -> N
     assert find_runs(surface_layer([policy]).protected, text) == []
     last = [c for c in events if c.get("choices") and c["choices"][0].get("content_filter_results")]
     assert last and last[-1]["choices"][0]["content_filter_results"]["two-cities"]["layer"] == "protected_text"
-
-

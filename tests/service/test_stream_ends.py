@@ -43,7 +43,7 @@ def gateway(url: str, tmp_path: Path, timeout_s: float = 30.0, **overrides) -> I
 def events(client: TestClient) -> tuple[int, list[str]]:
     with client.stream("POST", "/v1/chat/completions", json=BODY) as resp:
         text = "".join(resp.iter_text())
-    return resp.status_code, [block[len("data: "):] for block in text.split("\n\n") if block.startswith("data: ")]
+    return resp.status_code, [block[len("data: ") :] for block in text.split("\n\n") if block.startswith("data: ")]
 
 
 def test_the_recording_is_a_whole_stream(tmp_path: Path) -> None:

@@ -66,7 +66,9 @@ def test_streamed_tool_arguments_never_spell_the_term(gateway_for, tools_policy,
                                                                            json=body) as resp:  # fmt: skip
         chunks = sse_chunks(resp.read().decode())
     deltas = [c.get("delta") or {} for ch in chunks for c in ch["choices"]]
-    arguments = "".join(((t.get("function") or {}).get("arguments") or "") for d in deltas for t in d.get("tool_calls") or [])
+    arguments = "".join(
+        ((t.get("function") or {}).get("arguments") or "") for d in deltas for t in d.get("tool_calls") or []
+    )
     assert not find_matches(automaton, arguments), arguments
     finals = [c for ch in chunks for c in ch["choices"] if c.get("finish_reason")]
     assert finals and "content_filter_results" in finals[-1]
