@@ -38,10 +38,11 @@ PROMPTS = ["Tell me a long story about a dragon.", "Explain how rivers form.", "
 
 
 @contextlib.contextmanager
-def vllm_server(port: int) -> Iterator[str]:
-    """The managed vLLM with the plugin, as `quell serve` starts it; stopped with its whole process group."""
+def vllm_server(port: int, extra_args: str = "") -> Iterator[str]:
+    """The managed vLLM with the plugin, as `quell serve` starts it (plus `extra_args`, e.g. a baseline's logits
+    processor); stopped with its whole process group."""
     managed = ManagedVLLM(Settings(vllm_port=port, model_dir=MODEL_DIR, cache_dir=ROOT / ".cache",
-                                   served_model_name=MODEL))  # fmt: skip
+                                   served_model_name=MODEL, vllm_extra_args=extra_args))  # fmt: skip
     managed.start()
     try:
         managed.wait_ready_blocking(420)
@@ -53,11 +54,15 @@ def vllm_server(port: int) -> Iterator[str]:
 MODE = "reader"
 WARM_BUDGET_S = 0.0
 TEXTS = [
-    ("Once upon a time, in a kingdom by the sea, there lived an old dragon who guarded a cave full of gold. Every "
-    "morning the villagers walked past the mountain and wondered whether the beast was still asleep. One day a young "
-    "girl named Mara decided to climb up and see for herself, carrying bread, a rope and her grandfather's lantern."),
-    ("Rivers form when rain and melting snow gather in channels. Over thousands of years the water cuts valleys into "
-    "rock, carries sediment downstream and builds deltas where it meets the sea. Tributaries join the main stream."),
+    (
+        "Once upon a time, in a kingdom by the sea, there lived an old dragon who guarded a cave full of gold. Every "
+        "morning the villagers walked past the mountain and wondered whether the beast was still asleep. One day a young "
+        "girl named Mara decided to climb up and see for herself, carrying bread, a rope and her grandfather's lantern."
+    ),
+    (
+        "Rivers form when rain and melting snow gather in channels. Over thousands of years the water cuts valleys into "
+        "rock, carries sediment downstream and builds deltas where it meets the sea. Tributaries join the main stream."
+    ),
 ]
 
 
@@ -124,7 +129,9 @@ def plugin_cost(term_sets: dict[int, list[str]], texts: list[str]) -> None:
         t0 = time.perf_counter()
         masks = TokenMasks(automaton_for(terms, MODE), vocab)
         warmed = masks.warm_start(budget_s=WARM_BUDGET_S) if WARM_BUDGET_S else 0
-        print(f"{count:>6} terms ({MODE}): compiled and {warmed} start masks warmed in {time.perf_counter() - t0:.2f} s")
+        print(
+            f"{count:>6} terms ({MODE}): compiled and {warmed} start masks warmed in {time.perf_counter() - t0:.2f} s"
+        )
         banned_ids: dict[tuple, torch.Tensor] = {}  # what the plugin caches per step key
         for label in ("cold", "warm"):
             steps = []
@@ -153,10 +160,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--mode", choices=["reader", "word", "prefix", "inside"], default="reader")
     parser.add_argument("--plugin-only", action="store_true", help="only the in-process plugin cost (no vLLM)")
-    parser.add_argument("--warm-budget", type=float, default=0.0,
-                        help="seconds of start-state masks to precompute per term set before timing (0: none)")
-    parser.add_argument("--prime-wait", type=float, default=5.0,
-                        help="seconds between the gateway's single-token priming request and the first timed one")
+    parser.add_argument(
+        "--warm-budget",
+        type=float,
+        default=0.0,
+        help="seconds of start-state masks to precompute per term set before timing (0: none)",
+    )
+    parser.add_argument(
+        "--prime-wait",
+        type=float,
+        default=5.0,
+        help="seconds between the gateway's single-token priming request and the first timed one",
+    )
     args = parser.parse_args()
     global MODE, WARM_BUDGET_S
     MODE, WARM_BUDGET_S = args.mode, args.warm_budget
