@@ -49,6 +49,7 @@ class Ops:
     base: str
     policies: Path
     admin: dict[str, str]
+    log: Path
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def ops(gateway: RunningGateway, tmp_path_factory: pytest.TempPathFactory) -> It
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, proc, log, timeout_s=60)
-        yield Ops(base, policies, {"Authorization": f"Bearer {ADMIN}"})
+        yield Ops(base, policies, {"Authorization": f"Bearer {ADMIN}"}, log)
     finally:
         stop(proc)
     assert "Traceback" not in log.read_text()
@@ -91,6 +92,18 @@ def _wait_for(predicate, timeout_s: float = 5.0) -> float:
         assert time.monotonic() - start < timeout_s, "condition not reached in time"
         time.sleep(0.05)
     return time.monotonic() - start
+
+
+def test_a_new_mask_policy_is_primed_in_the_plugin_after_the_reload(ops: Ops) -> None:
+    """Not only the default set: a policy a request names alone gets its token masks built before its first request
+    (`Gateway.warm_decode_masks`), so that request does not pay the compilation on its decode steps."""
+    moons = ops.policies / "moons.yaml"
+    moons.write_text("id: moons\ntargets:\n  - id: phobos\n    terms: [Phobos, Deimos]\n    on_surface: mask\n")
+    try:
+        _wait_for(lambda: "decode-time masks sent to the plugin for policy moons" in ops.log.read_text(), 60)
+    finally:
+        moons.unlink()
+        _wait_for(lambda: "moons" not in _versions(ops), 30)
 
 
 @pytest.mark.parametrize("token", [None, "wrong", ADMIN + "x"])
