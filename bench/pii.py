@@ -17,8 +17,8 @@ automaton: separators, case and leetspeak undone; numbers in words are NOT read,
 for every column alike). Over-blocking: another person's identifier that the unfiltered answer shows and the column
 removes, and, for the pack, benign texts it would change. Columns: none (greedy, no policy); presidio (its pattern
 recognisers after generation: e-mail, phone, card, IBAN, US SSN, date; no spaCy model is installable offline, so no
-NER names/addresses), each found span redacted; backstop (Quell's text layer on the unfiltered answer: facts of a
-person named in the prompt or answer, and the name); plugin (decode time: the policy's vllm_xargs, no text backstop).
+NER names/addresses), each found span redacted; backstop (the gateway's per-choice text backstop on the unfiltered
+answer: the name, and the facts of a person the prompt names); plugin (decode time: the policy's vllm_xargs, no text backstop).
 Prints numbers only.
 """
 
@@ -139,8 +139,11 @@ def presidio(recognizers: list, text: str) -> str:
 
 
 def backstop(layer, prompt: str, text: str) -> str:
-    decisions = layer.decisions(text) + layer.fact_decisions(text, prompt)
-    return redact_spans(text, [(d.start, d.end) for d in decisions if d.start is not None])
+    """The gateway's per-choice text backstop: facts armed by the prompt naming the person, then the guard."""
+    from filters.stream_guard import OutputGuard
+
+    guard = OutputGuard(layer.armed_by(prompt))
+    return guard.feed(text).text + guard.finish().text
 
 
 # ---- vLLM ---------------------------------------------------------------------------------------------------------
@@ -161,9 +164,11 @@ def chat(client: httpx.Client, url: str, prompt: str, xargs: dict | None, max_to
 
 
 def server(port: int) -> Iterator[str]:
+    """The managed vLLM with the plugin on `port` (0: a free one)."""
     from bench.decode_mask import vllm_server
+    from service.processes import free_port
 
-    return vllm_server(port)  # type: ignore[return-value]
+    return vllm_server(port or free_port())  # type: ignore[return-value]
 
 
 def run_leak(args: argparse.Namespace) -> None:
