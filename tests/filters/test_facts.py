@@ -169,19 +169,15 @@ def test_plugin_processor_masks_a_greedy_copier_of_facts_and_patterns(named: boo
     """The logits processor itself (no server): a 'model' that always prefers the next token of a sentence holding
     the person's date of birth and phone number, decoded greedily through update_state/apply. The phone pattern is
     never completed; the date is masked only when the prompt names the person."""
-    import types
-
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
     vllm = pytest.importorskip("vllm")
     if not (MODEL_DIR / "tokenizer.json").exists():
         pytest.skip(f"model not prepared at {MODEL_DIR} (run `make setup`)")
     from filters.vllm_plugin import QuellLogitsProcessor
+    from tests.filters.greedy_copier import copy_greedily, processor_and_tokenizer
 
-    config = types.SimpleNamespace(model_config=types.SimpleNamespace(
-        get_vocab_size=lambda: 49152, max_model_len=2048, tokenizer=str(MODEL_DIR), tokenizer_revision=None))  # fmt: skip
-    proc = QuellLogitsProcessor(config, torch.device("cpu"), False)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(MODEL_DIR))
+    proc, tokenizer = processor_and_tokenizer(MODEL_DIR)
     layer = SurfaceLayer([parse_policy(PERSON)])
     params = vllm.SamplingParams(max_tokens=200, extra_args=layer.plugin_args())
     QuellLogitsProcessor.validate_params(params)
@@ -192,18 +188,7 @@ def test_plugin_processor_masks_a_greedy_copier_of_facts_and_patterns(named: boo
         ),
         add_special_tokens=False,
     )
-    target = "She was born on 12/03/1985; call 555-010-0199 any time."
-    lure = tokenizer.encode(target, add_special_tokens=False)
-    output: list[int] = []
-    proc._requests = {0: proc._new_request(params, list(prompt), output)}
-    for step in range(len(lure)):
-        proc.update_state(None)
-        logits = torch.zeros(1, 49152)
-        logits[0, lure[step]] = 10.0  # the copier's favourite
-        logits[0, lure[(step + 1) % len(lure)]] = 5.0  # skip a token if it must
-        logits[0, tokenizer.encode(" and", add_special_tokens=False)[0]] = 1.0
-        output.append(int(proc.apply(logits).argmax()))
-    text = tokenizer.decode(output)
+    text, _ = copy_greedily(proc, tokenizer, params, prompt, "She was born on 12/03/1985; call 555-010-0199 any time.")
     assert text.startswith("She was born on") and "call" in text, text  # the request was not ended
     assert not TermAutomaton(patterns=["555 ?010 ?0199"]).matches(text), text
     assert TermAutomaton.reader(date_forms(dt.date(1985, 3, 12))).matches(text) is not named, text

@@ -391,34 +391,15 @@ def test_plugin_never_lets_a_protected_run_through_in_context(dickens_vllm) -> N
 def test_plugin_processor_masks_a_greedy_copier_step_by_step(tmp_path: Path, model_dir: Path) -> None:
     """The logits processor itself (no server): a 'model' whose logits always prefer the next token of the passage,
     in upper case and with line breaks, decoded greedily through update_state/apply, never completes a run."""
-    import types
-
-    import torch
-    from transformers import AutoTokenizer
     from vllm import SamplingParams
 
     from filters.vllm_plugin import QuellLogitsProcessor
+    from tests.filters.greedy_copier import copy_greedily, processor_and_tokenizer
 
     rule = _rule(tmp_path)
-    config = types.SimpleNamespace(model_config=types.SimpleNamespace(
-        get_vocab_size=lambda: 49152, max_model_len=2048, tokenizer=str(model_dir), tokenizer_revision=None))  # fmt: skip
-    proc = QuellLogitsProcessor(config, torch.device("cpu"), False)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    proc, tokenizer = processor_and_tokenizer(model_dir)
     params = SamplingParams(max_tokens=200, extra_args={"quell_protected": [rule.index.digest]})
     QuellLogitsProcessor.validate_params(params)
     for target in [PASSAGE.upper().replace(". ", ".\n"), PASSAGE.replace(" ", "  ")]:
-        lure = tokenizer.encode(target, add_special_tokens=False)
-        output: list[int] = []
-        proc._requests = {0: proc._new_request(params, [1, 2], output)}
-        banned_steps = 0
-        for step in range(len(lure)):
-            proc.update_state(None)
-            logits = torch.zeros(1, 49152)
-            logits[0, lure[step]] = 10.0  # the copier's favourite
-            logits[0, lure[(step + 1) % len(lure)]] = 5.0  # skip a token if it must
-            logits[0, tokenizer.encode(" and", add_special_tokens=False)[0]] = 1.0
-            choice = int(proc.apply(logits).argmax())
-            banned_steps += choice != lure[step]
-            output.append(choice)
-        text = tokenizer.decode(output)
+        text, banned_steps = copy_greedily(proc, tokenizer, params, [1, 2], target)
         assert banned_steps > 0 and find_runs([rule], text) == [], text
