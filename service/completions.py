@@ -135,7 +135,7 @@ class RequestContext:
             body["vllm_xargs"] = xargs
         return body
 
-    @cached_property
+    @property
     def prompt_text(self) -> str | None:
         """The request's input as text (what arms a person's facts); None when it cannot be read (token ids)."""
         try:
@@ -151,11 +151,15 @@ class RequestContext:
                 parts += [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
         return "\n".join(parts)
 
+    @cached_property
+    def backstop(self) -> SurfaceLayer:
+        """The text backstop's layer for this request, chosen once for all its choices and channels: a person's
+        facts are armed by the prompt naming them, as the decode-time plugin arms them."""
+        return self.surface.armed_by(self.prompt_text) if self.text_backstop else SurfaceLayer([])
+
     def new_pipeline(self) -> OutputPipeline:
-        # A person's facts are armed by the prompt naming them, as the decode-time plugin arms them.
-        layer = self.surface.armed_by(self.prompt_text) if self.text_backstop else SurfaceLayer([])
         refusals = {p.ref: p.refusal for p in self.policies}
-        return OutputPipeline(OutputGuard(layer), self.semantic, refusals, judge=self.judge)
+        return OutputPipeline(OutputGuard(self.backstop), self.semantic, refusals, judge=self.judge)
 
 
 async def respond_json(backend: Backend, req: RequestContext) -> JSONResponse:

@@ -47,13 +47,21 @@ def start(command: Sequence[str], log: Path, env: Mapping[str, str] | None = Non
                                 preexec_fn=functools.partial(own_session_dying_with, os.getpid()))  # noqa: PLW1509 - setsid+prctl before exec  # fmt: skip
 
 
+def log_tail(log: Path, chars: int = 3000) -> str:
+    """The end of a process's log, for an error message ("(no log)" when it cannot be read)."""
+    try:
+        return log.read_text(encoding="utf-8", errors="replace")[-chars:]
+    except OSError:
+        return "(no log)"
+
+
 def wait_ready(base_url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 300) -> dict:
     """Poll `/readyz` until it answers 200 (its body), the process exits (RuntimeError with the log's tail) or the
     deadline passes (TimeoutError with the log's tail)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{base_url} exited with {proc.returncode}; log {log}:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"{base_url} exited with {proc.returncode}; log {log}:\n{log_tail(log)}")
         try:
             resp = httpx.get(f"{base_url}/readyz", timeout=2)
             if resp.status_code == 200:
@@ -61,7 +69,7 @@ def wait_ready(base_url: str, proc: subprocess.Popen, log: Path, timeout_s: floa
         except (httpx.HTTPError, ValueError):
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"{base_url} not ready after {timeout_s:.0f} s; log {log}:\n{log.read_text()[-3000:]}")
+    raise TimeoutError(f"{base_url} not ready after {timeout_s:.0f} s; log {log}:\n{log_tail(log)}")
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:

@@ -72,13 +72,6 @@ def _private_copy(policy_file: Path, folder: Path) -> str:
     return str(data.get("id"))
 
 
-def _tail(log: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 @contextmanager
 def running(configs: Sequence[RunConfig], policy_file: Path, workdir: Path,
             backend_url: str | None = None, backend_key: str | None = None) -> Iterator[Running]:  # fmt: skip
@@ -117,5 +110,5 @@ def running(configs: Sequence[RunConfig], policy_file: Path, workdir: Path,
             if policy_id not in [ref.split("@")[0] for ref in body.get("policies", [])]:
                 log = logs / f"gateway-{name}.log"
                 raise RuntimeError(f"the {name} gateway did not load policy {policy_id!r} from {policy_file}; "
-                                   f"its log ({log}) ends:\n{_tail(log)}")  # fmt: skip
+                                   f"its log ({log}) ends:\n{processes.log_tail(log)}")  # fmt: skip
         yield Running(backend, backend_key, gateways, pids, ready)
