@@ -29,6 +29,7 @@ _EXPORTS = {
     "Decision": "filters.decision",
     "Layer": "filters.decision",
     "content_filter_results": "filters.decision",
+    "moderation_result": "filters.moderation",
     # surface layer
     "MatchMode": "filters.automaton",
     "TermAutomaton": "filters.automaton",
@@ -74,6 +75,7 @@ __all__ = [  # the names of _EXPORTS, written out so that linters and IDEs read 
     "find_runs",
     "load_policy_dir",
     "load_policy_file",
+    "moderation_result",
     "parse_policy",
 ]
 
@@ -82,6 +84,7 @@ if TYPE_CHECKING:
     from filters.decision import Action, Decision, Layer, content_filter_results
     from filters.embedding import Embedder, Encoder
     from filters.judge import JudgeEndpoint, Judges
+    from filters.moderation import moderation_result
     from filters.output_pipeline import OutputPipeline
     from filters.policy import Policy, Target
     from filters.policy_loader import PolicyError, PolicyIssue, load_policy_dir, load_policy_file, parse_policy

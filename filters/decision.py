@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -62,13 +62,13 @@ class Decision:
         return self.policy_ref.split("@", 1)[0]
 
     def as_dict(self) -> dict[str, object]:
-        out = asdict(self)
-        out["layer"] = str(self.layer)
-        out["action"] = str(self.action)
-        out["policy"] = out.pop("policy_ref")
-        out["target"] = out.pop("target_id")
-        if not self.detail:
-            del out["detail"]
+        """The one client-facing form of a decision (`/v1/moderations`, the admin test route): `span` is null where
+        the layer has none, `match` names a pattern or fact (left out for terms and the other layers)."""
+        out: dict[str, object] = {"policy": self.policy_ref, "target": self.target_id, "layer": str(self.layer),
+                                  "action": str(self.action), "score": round(self.score, 4),
+                                  "span": None if self.start is None else [self.start, self.end]}  # fmt: skip
+        if self.detail:
+            out["match"] = self.detail
         return out
 
 

@@ -476,6 +476,12 @@ class ProtectedRun:
     source: str | None = None
     offset: int | None = None
 
+    def as_dict(self) -> dict[str, object]:
+        """As clients see it: the source by file name only (where the corpus lives on the server is not theirs)."""
+        return {"policy": self.rule.policy_ref, "target": self.rule.target_id, "layer": "protected_text",
+                "action": str(self.rule.action), "score": 1.0, "span": [self.start, self.end], "words": self.words,
+                "source": Path(self.source).name if self.source else None, "source_word_offset": self.offset}  # fmt: skip
+
 
 @dataclass
 class _Word:

@@ -65,6 +65,11 @@ class Detection:
     def flagged(self) -> bool:
         return self.score >= self.threshold
 
+    def as_dict(self) -> dict[str, object]:
+        return {"policy": self.policy_ref, "target": self.target_id, "layer": self.layer, "action": str(self.action),
+                "score": round(float(self.score), 4), "threshold": round(float(self.threshold), 4),
+                "flagged": self.flagged, "span": list(self.span)}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class ConceptWarning:

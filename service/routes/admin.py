@@ -103,8 +103,7 @@ async def test_policy(policy_id: str, body: TestRequest, gateway: GatewayDep) ->
     if loaded is None:
         raise APIError(404, f"no policy {policy_id!r}", param="policy_id", code="unknown_policy")
     decisions = await inspect_text(gateway.semantic, [loaded.policy], body.text, gateway.judges)
-    runs = [{"target": r.rule.target_id, "span": [r.start, r.end], "words": r.words, "source": r.source,
-             "source_word_offset": r.offset} for r in protected_runs([loaded.policy], body.text)]  # fmt: skip
+    runs = [r.as_dict() for r in protected_runs([loaded.policy], body.text)]
     return {"policy": loaded.policy.ref, "fired": bool(decisions), "detections": [d.as_dict() for d in decisions],
             "protected_runs": runs, "concepts": await concept_notes(gateway.semantic, [loaded.policy])}  # fmt: skip
 

@@ -1,11 +1,6 @@
-"""`/v1/moderations` in OpenAI's shape, over the text-level layers of the selected policies.
-
-Categories are target ids. `category_scores` per target is the highest score any layer gave it: 1.0 for a surface
-match, the classifier's probability, or the embedding layer's cosine (clipped at 0). A category is flagged when a
-layer reached its threshold. Tenants allowed to see detections (`see_detections` in the keys file; the keyless
-loopback mode) also get a `quell` block per result: every detection with layer, span, score and threshold. Everyone
-else gets categories and flags only (scores are 1.0 or 0.0): exact spans and thresholds would be an oracle for
-writing text that slips under them.
+"""`/v1/moderations` in OpenAI's shape, over the text-level layers of the selected policies (the result's shape:
+`filters.moderation`). Tenants allowed to see detections (`see_detections` in the keys file; the keyless loopback
+mode) also get a `quell` block per result; everyone else gets categories and flags only.
 
 Bounded: at most `moderation_max_chars` characters in all per request (413 beyond), scored in small batches under a
 deadline (`moderation_timeout_s`, 504 beyond), so one large request cannot hold the embedder from chat requests.
@@ -15,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
+from filters.moderation import moderation_result
 from service.deps import GatewayDep, TenantDep
 from service.errors import APIError
 from service.inspect import protected_runs, surface_decisions
@@ -78,44 +73,12 @@ async def moderations(body: ModerationRequest, gateway: GatewayDep, tenant: Tena
                 raise APIError(504, f"moderation did not finish within {gateway.settings.moderation_timeout_s:g} s; "
                                     "send fewer or shorter texts", type="timeout_error",
                                code="moderation_timeout") from None  # fmt: skip
+    target_ids = [t.id for p in policies for t in p.targets]
     results = [
-        _result(text, found, policies, tenant.see_detections) for text, found in zip(texts, semantic, strict=True)
-    ]
+        moderation_result(target_ids, surface_decisions(policies, text), protected_runs(policies, text), found,
+                          detailed=tenant.see_detections)
+        for text, found in zip(texts, semantic, strict=True)
+    ]  # fmt: skip
     return {"id": f"modr-{uuid.uuid4().hex}", "model": body.model or "quell",
             "policies": [p.ref for p in policies] if tenant.see_detections else [p.id for p in policies],
             "results": results}  # fmt: skip
-
-
-def _result(text: str, found: list, policies: list, detailed: bool) -> dict:
-    categories: dict[str, bool] = {t.id: False for p in policies for t in p.targets}
-    scores: dict[str, float] = dict.fromkeys(categories, 0.0)
-    detections = []
-    for d in surface_decisions(policies, text):
-        categories[d.target_id] = True
-        scores[d.target_id] = 1.0
-        detections.append({"policy": d.policy_ref, "target": d.target_id, "layer": "surface", "action": d.action,
-                           "score": 1.0, "threshold": 1.0, "span": [d.start, d.end],
-                           **({"match": d.detail} if d.detail else {})})  # fmt: skip
-    for run in protected_runs(policies, text):  # a quote longer than the target's max_quote_words
-        categories[run.rule.target_id] = True
-        scores[run.rule.target_id] = 1.0
-        detections.append({"policy": run.rule.policy_ref, "target": run.rule.target_id, "layer": "protected_text",
-                           "action": run.rule.action, "score": 1.0, "threshold": 1.0, "span": [run.start, run.end],
-                           "words": run.words, "source": Path(run.source).name if run.source else None,
-                           "source_word_offset": run.offset})  # fmt: skip
-    seen = set()
-    for d in sorted(found, key=lambda d: -d.score):
-        if (d.target_id, d.layer) in seen:
-            continue
-        seen.add((d.target_id, d.layer))
-        categories[d.target_id] |= d.flagged
-        scores[d.target_id] = max(scores[d.target_id], round(max(0.0, float(d.score)), 4))
-        detections.append({"policy": d.policy_ref, "target": d.target_id, "layer": d.layer,
-                           "action": d.action.value, "score": round(float(d.score), 4),
-                           "threshold": round(float(d.threshold), 4), "flagged": d.flagged,
-                           "span": list(d.span)})  # fmt: skip
-    if not detailed:
-        return {"flagged": any(categories.values()), "categories": categories,
-                "category_scores": {t: float(flag) for t, flag in categories.items()}}  # fmt: skip
-    return {"flagged": any(categories.values()), "categories": categories, "category_scores": scores,
-            "quell": {"detections": detections}}  # fmt: skip

@@ -139,7 +139,7 @@ def test_test_route_reports_spans(ops: Ops) -> None:
     resp = httpx.post(f"{ops.base}/admin/policies/spiderman:test", headers=ops.admin, timeout=120,
                       json={"text": "Everyone loves S-p-i-d-e-r-m-a-n."})  # fmt: skip
     body = resp.json()
-    assert body["fired"] and body["detections"][0]["start"] == 15 and body["detections"][0]["layer"] == "surface"
+    assert body["fired"] and body["detections"][0]["span"][0] == 15 and body["detections"][0]["layer"] == "surface"
     paraphrase = httpx.post(f"{ops.base}/admin/policies/spiderman:test", headers=ops.admin, timeout=120,
                             json={"text": "The web-slinger from Queens swung between skyscrapers after a radioactive "
                                           "spider bit him."}).json()  # fmt: skip
