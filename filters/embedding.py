@@ -53,6 +53,9 @@ class Embedder(ABC):
     """Turns texts into unit-length float32 vectors. Implementations must be safe to call from several threads."""
 
     name: str
+    persistent: bool = False
+    """True when `name` pins the vectors: the same texts embed the same in any process, so they may be kept on disk
+    (`ClassifierCache.directory`). A remote server's model can change behind its name, so remote embedders are not."""
 
     @abstractmethod
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -110,6 +113,8 @@ class LocalEmbedder(Embedder):
     threads one window took 630 ms (median), with 1 thread 13.5 ms; OpenMP threads that spin on busy cores stall.
     Raise it only where the gateway has cores to itself.
     """
+
+    persistent = True
 
     def __init__(
         self,
@@ -188,6 +193,8 @@ class E5Embedder(Embedder):
     OpenMP threads; it applies to the engine's own OpenMP runtime only and is read when the engine loads (the
     process environment is restored afterwards). Calls are serialised by a lock, like `LocalEmbedder`.
     """
+
+    persistent = True
 
     def __init__(self, *, prefix: str = "query", threads: int = 1, batch_size: int = 32):
         if prefix not in ("query", "passage"):

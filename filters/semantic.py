@@ -250,8 +250,7 @@ class SemanticGuard:
             ]  # fmt: skip
 
     def _background_vectors(self) -> np.ndarray:
-        key = ("background", self.embedder.name, texts_digest(self._background))
-        return self._cache.get_or_make(key, lambda: self.embedder.encode(self._background))
+        return self._cache.embedded(self.embedder, self._background)
 
     def _build(self, policy: Policy, target: Target, background: np.ndarray) -> TargetModel:
         key = ("target", self.embedder.name, texts_digest(self._background), policy.digest, target.id)

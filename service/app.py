@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             url = settings.backend_url or "http://127.0.0.1"
             upstream = Backend(url, settings.backend_api_key if not managed else None, settings.backend_timeout_s)
         chosen = make_embedder(settings) if embedder is _FROM_SETTINGS else embedder
-        semantic = SemanticRuntime(chosen, settings.semantic_layers)  # type: ignore[arg-type]
+        semantic = SemanticRuntime(chosen, settings.semantic_layers, settings.cache_dir / "vectors")  # type: ignore[arg-type]
         gateway = Gateway(settings, registry, upstream, keys, metrics, audit, semantic)
         if managed:
             gateway.managed = VLLMSupervisor(settings, metrics, gateway.managed_up, gateway.managed_down)

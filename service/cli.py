@@ -161,7 +161,10 @@ def policy_test(
         from service.semantic_runtime import SemanticRuntime, make_embedder
         from service.settings import Settings
 
-        runtime = SemanticRuntime(make_embedder(Settings()), frozenset({"embedding", "classifier"}))
+        settings = Settings()
+        runtime = SemanticRuntime(
+            make_embedder(settings), frozenset({"embedding", "classifier"}), settings.cache_dir / "vectors"
+        )
     decisions = asyncio.run(inspect_text(runtime, [policy], text))
     if runtime is not None:
         _print_concept_notes(asyncio.run(concept_notes(runtime, [policy], boundary)))

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from cachetools import LRUCache
 
@@ -35,10 +36,11 @@ def make_embedder(settings: Settings) -> Embedder | None:
 
 
 class SemanticRuntime:
-    def __init__(self, embedder: Embedder | None, layers: frozenset[str]):
+    def __init__(self, embedder: Embedder | None, layers: frozenset[str], vectors_dir: Path | None = None):
+        """`vectors_dir`: where embedded background texts are kept across processes (`ClassifierCache.directory`)."""
         self.embedder = embedder
         self.layers = layers
-        self._cache = ClassifierCache()
+        self._cache = ClassifierCache(directory=vectors_dir)
         self._guards: LRUCache[tuple[str, ...], SemanticGuard] = LRUCache(maxsize=GUARD_CACHE_SIZE)
         self._building: dict[tuple[str, ...], asyncio.Future] = {}
 

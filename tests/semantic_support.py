@@ -14,6 +14,8 @@ from filters.policy import Policy
 from filters.policy_loader import load_policy_file, parse_policy
 
 ROOT = Path(__file__).resolve().parents[1]
+VECTORS = ROOT / ".cache" / "vectors"
+"""Embedded background texts, kept across test runs and shared by every test gateway (`ClassifierCache.directory`)."""
 
 
 @lru_cache(maxsize=1)
@@ -34,7 +36,7 @@ def shared_minilm() -> LocalEmbedder:
 
 @lru_cache(maxsize=1)
 def shared_cache() -> ClassifierCache:
-    return ClassifierCache()
+    return ClassifierCache(directory=VECTORS)
 
 
 def spiderman_policy() -> Policy:
@@ -62,3 +64,13 @@ def spiderman_variant(**semantic) -> Policy:
 
 def parse(yaml_text: str) -> Policy:
     return parse_policy(yaml_text, "test.yaml")
+
+
+def cache_with_vectors(tmp_path: Path) -> Path:
+    """A test gateway's own cache folder whose `vectors/` is the shared one: the gateway reads the embedded
+    background instead of embedding it again, and keeps everything else (logs, term sets) to itself."""
+    cache = tmp_path / "cache"
+    cache.mkdir(exist_ok=True)
+    VECTORS.mkdir(parents=True, exist_ok=True)
+    (cache / "vectors").symlink_to(VECTORS, target_is_directory=True)
+    return cache

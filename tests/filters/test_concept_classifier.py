@@ -16,10 +16,12 @@ from filters.concept_classifier import (
     load_background,
     pick_threshold,
 )
+from filters.embedding import Embedder
 from filters.policy import InputScope
 from filters.policy_loader import PolicyError
 from filters.semantic import SemanticGuard, input_text
 from tests.semantic_support import (
+    VECTORS,
     parse,
     shared_cache,
     shared_embedder,
@@ -96,7 +98,7 @@ def test_batch_check_equals_single_checks(guard):
 
 def test_auto_threshold_meets_the_target_fpr_on_its_own_negatives(guard):
     model = guard.models[0]
-    background = shared_embedder().encode(load_background())
+    background = shared_cache().embedded(shared_embedder(), load_background())
     share = float(np.mean(model.classifier.scores(background) >= model.classifier.threshold))
     assert model.classifier.threshold_auto
     assert share <= 0.02  # cross-validated for 1%; on the training rows it can only be lower or close
@@ -105,7 +107,7 @@ def test_auto_threshold_meets_the_target_fpr_on_its_own_negatives(guard):
 def test_numeric_threshold_is_used_as_given():
     numeric = "layers: [classifier]\n      thresholds: {classifier: 0.99}"
     policy = parse(_POLICY.replace("layers: [classifier]", numeric))
-    guard = SemanticGuard([policy], shared_embedder())
+    guard = SemanticGuard([policy], shared_embedder(), shared_cache())
     assert guard.models[0].classifier.threshold == 0.99
     assert guard.check(PARAPHRASES[1]) == []
 
@@ -118,12 +120,42 @@ def test_embedding_layer_alone_detects_a_close_paraphrase():
 
 
 def test_classifier_is_cached_by_policy_version():
-    cache = ClassifierCache()
+    cache = ClassifierCache(directory=VECTORS)
     first = SemanticGuard([spiderman_policy()], shared_embedder(), cache)
     again = SemanticGuard([spiderman_policy()], shared_embedder(), cache)
     assert again.models[0] is first.models[0]
     edited = SemanticGuard([spiderman_variant(layers=["classifier", "embedding"])], shared_embedder(), cache)
     assert edited.models[0] is not first.models[0]
+
+
+class _Counting(Embedder):
+    """The real default encoder, counting the texts it is asked to embed (to see what the disk cache saves)."""
+
+    def __init__(self, persistent: bool) -> None:
+        self.name = shared_embedder().name
+        self.persistent = persistent
+        self.texts = 0
+
+    def encode(self, texts):
+        self.texts += len(texts)
+        return shared_embedder().encode(texts)
+
+
+def test_embedded_texts_are_kept_on_disk_for_the_next_process(tmp_path):
+    texts = ("A first background sentence.", "Another, about the weather.", "A third one, about trains.")
+    first = _Counting(persistent=True)
+    vectors = ClassifierCache(directory=tmp_path).embedded(first, texts)
+    (kept,) = tmp_path.glob("*.npy")
+    again = _Counting(persistent=True)  # a new process: a new cache, the same folder
+    assert np.array_equal(ClassifierCache(directory=tmp_path).embedded(again, texts), vectors) and again.texts == 0
+    assert first.texts == 3
+    kept.write_bytes(b"torn")  # a half-written or foreign file is embedded again and replaced
+    repaired = _Counting(persistent=True)
+    assert np.array_equal(ClassifierCache(directory=tmp_path).embedded(repaired, texts), vectors)
+    assert repaired.texts == 3 and np.array_equal(np.load(kept), vectors)
+    remote = _Counting(persistent=False)  # a remote model can change behind its name: never read from disk
+    ClassifierCache(directory=tmp_path).embedded(remote, texts)
+    assert remote.texts == 3 and len(list(tmp_path.glob("*.npy"))) == 1
 
 
 def test_directions_follow_applies_to(guard):
@@ -182,7 +214,7 @@ def _trained(embedder, head, examples=None):
     concept = spiderman_policy().targets[0].concept
     anchors = embedder.encode([concept.description, *(examples or concept.examples)])
     counter = embedder.encode(concept.counterexamples)
-    background = embedder.encode(load_background())
+    background = shared_cache().embedded(embedder, load_background())
     model = ConceptClassifier.train(anchors, counter, background, threshold="auto", target_fpr=0.01, head=head)
     return model, background
 
@@ -231,7 +263,7 @@ def test_boundary_lists_the_texts_nearest_the_threshold(guard):
     assert {b.source for b in nearest} <= {"background", "example", "counterexample"}
     assert all(b.flagged == (b.score >= threshold) for b in nearest)
     background = load_background()
-    scores = guard.models[0].classifier.scores(shared_embedder().encode(list(background)))
+    scores = guard.models[0].classifier.scores(shared_cache().embedded(shared_embedder(), background))
     farthest_listed = max(gaps)
     # nothing left out of the list is nearer the threshold than what is in it
     assert all(abs(x - threshold) >= farthest_listed - 1e-6 for t, x in zip(background, scores, strict=True)
@@ -241,7 +273,7 @@ def test_boundary_lists_the_texts_nearest_the_threshold(guard):
 
 
 def test_classifiers_are_cached_per_encoder():
-    cache = ClassifierCache()
+    cache = ClassifierCache(directory=VECTORS)
     e5 = SemanticGuard([spiderman_policy()], shared_embedder(), cache)
     minilm = SemanticGuard([spiderman_policy()], shared_minilm(), cache)
     assert minilm.models[0] is not e5.models[0]

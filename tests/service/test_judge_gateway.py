@@ -23,7 +23,7 @@ from service.backend import Backend
 from service.cli import app as cli_app
 from service.settings import DecodeMask, Settings
 from tests.judge_support import WINDOWS, YES_AT, judge_policy
-from tests.semantic_support import shared_embedder
+from tests.semantic_support import cache_with_vectors, shared_embedder
 from tests.service.replay import Replay, load
 
 TOKEN = "operator-token"
@@ -57,7 +57,7 @@ def judged_gateway(tmp_path: Path, judge: bool = True) -> Iterator[tuple[TestCli
     write_policies(tmp_path / "policies")
     replay = Replay("models", "chat_spider", "chat_spider_stream", "judge_smollm")
     settings = Settings(policies=tmp_path / "policies", audit_url=f"sqlite:///{tmp_path / 'audit.db'}",
-                        semantic="classifier", decode_mask=DecodeMask.OFF, cache_dir=tmp_path / "cache",
+                        semantic="classifier", decode_mask=DecodeMask.OFF, cache_dir=cache_with_vectors(tmp_path),
                         admin_token=TOKEN, judge=judge)  # fmt: skip
     backend = Backend("http://vllm.replay", None, 30.0, transport=replay.transport)
     with TestClient(create_app(settings, backend=backend, embedder=shared_embedder())) as client:
@@ -135,7 +135,7 @@ def test_admin_test_route_shows_readiness_and_the_boundary(tmp_path: Path) -> No
 def test_cli_policy_test_refuses_to_call_a_poor_concept_refuse_ready(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "poor.yaml"
     path.write_text(yaml.safe_dump(POOR, sort_keys=False))
-    monkeypatch.setenv("QUELL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("QUELL_CACHE_DIR", str(cache_with_vectors(tmp_path)))
     result = CliRunner().invoke(cli_app, ["policy", "test", str(path), "Bread rises.", "--semantic",
                                           "--boundary", "3"], env={"COLUMNS": "200"})  # fmt: skip
     assert result.exit_code in (0, 1), result.output
