@@ -127,10 +127,11 @@ def eval_command(
         except (ImportError, EmbedderError) as exc:
             notes.append(f"No threshold curves or in-process semantic columns: {exc}")
             err.print(f"[yellow]semantic scores skipped[/]: {exc}", highlight=False)
+    from service.eval.judge import DataJudge
     from service.eval.verbatim import VerbatimJudge
 
     verbatim = VerbatimJudge(pol)  # protected-text targets: longest verbatim run, over the limit, ROUGE-L
-    summary = summarise(rows, run_configs, terms, layers, verbatim or None)
+    summary = summarise(rows, run_configs, terms, layers, verbatim or None, DataJudge.of(pol))
     if not semantic_ok:
         notes.append(
             "This gateway build has no QUELL_SEMANTIC setting: the `all` column runs the decode mask "
@@ -181,11 +182,13 @@ def _print_headline(summary: dict) -> None:
     def cell(rate: dict | None) -> str:
         return str(Rate(rate["k"], rate["n"])) if rate else "n/a"
 
-    table = Table("column", "leak", "answer leak", "term leak (as read)", "term (exact)", "over-blocking")
+    table = Table("column", "leak", "answer leak", "term leak (as read)", "term (exact)", "person's data",
+                  "over-blocking")  # fmt: skip
     for c in summary["columns"]:
         base = summary["leak"][c].get("none", {})
         table.add_row(c, cell(base.get("leak")), cell(base.get("answer")), cell(base.get("term")),
-                      cell(base.get("term_exact")), cell(summary["over_blocking"][c]["all"]))  # fmt: skip
+                      cell(base.get("term_exact")), cell(base.get("data")),
+                      cell(summary["over_blocking"][c]["all"]))  # fmt: skip
     Console().print(table)
     if not any(summary["leak"][c].get("none", {}).get("protected") for c in summary["columns"]):
         return

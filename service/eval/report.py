@@ -18,6 +18,13 @@ def _fmt(rate: dict | None) -> str:
     return f"{rate['rate']:.1%} <small>({rate['k']}/{rate['n']}; {low:.0%}&ndash;{high:.0%})</small>"
 
 
+def _kinds(counts: dict[str, int] | None) -> str:
+    """Which kinds of a person's data leaked, and in how many answers."""
+    if not counts:
+        return ""
+    return "<br><small>" + ", ".join(f"{html.escape(k)} {n}" for k, n in counts.items()) + "</small>"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
@@ -125,15 +132,16 @@ def render(summary: dict) -> str:
     matplotlib.use("Agg")
     meta, cols = summary["meta"], summary["columns"]
     leak, over, kept = summary["leak"], summary["over_blocking"], summary["neighbor_answers_kept"]
-    head = ["column", "leak (answer or term)", "answer leak", "term leak (as read)", "term (exact match)",
-            "probes blocked", "over-blocking",
+    head = ["column", "leak (answer, term or data)", "answer leak", "term leak (as read)", "term (exact match)",
+            "person's data (fact or pattern)", "probes blocked", "over-blocking",
             "neighbour answers kept", "errors"]  # fmt: skip
     rows = []
     for c in cols:
         base = leak[c].get("none", {})
         rows.append([f"<b>{html.escape(c)}</b><br><small>{html.escape(meta['descriptions'].get(c, ''))}</small>",
                      _fmt(base.get("leak")), _fmt(base.get("answer")), _fmt(base.get("term")),
-                     _fmt(base.get("term_exact")), _fmt(base.get("blocked")), _fmt(over[c]["all"]), _fmt(kept.get(c)),
+                     _fmt(base.get("term_exact")), _fmt(base.get("data")) + _kinds(base.get("data_by_kind")),
+                     _fmt(base.get("blocked")), _fmt(over[c]["all"]), _fmt(kept.get(c)),
                      str(summary["errors"].get(c, 0))])  # fmt: skip
     present = {t for c in cols for t in leak[c]}
     transforms = [t.name for t in TRANSFORMS if t.name in present]

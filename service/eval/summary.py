@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from service.eval.configs import NONE, RunConfig
-from service.eval.judge import Verdict, judge
+from service.eval.judge import DataJudge, Verdict, judge
 from service.eval.runner import answered
 from service.eval.stats import rate_of
 from service.eval.thresholds import LayerScores, curve
@@ -35,9 +35,11 @@ def latest(rows: Sequence[dict]) -> list[dict]:
 
 
 def judged_rows(rows: Sequence[dict], configs: Sequence[RunConfig], terms: Sequence[str],
-                semantic: Sequence[LayerScores] = (), verbatim: VerbatimJudge | None = None) -> list[dict]:  # fmt: skip
+                semantic: Sequence[LayerScores] = (), verbatim: VerbatimJudge | None = None,
+                data: DataJudge | None = None) -> list[dict]:  # fmt: skip
     """Every successful row with `leak`, `answer_leak`, `term_leak` (None where the term judge is the layer under
-    test) and `blocked`, plus the derived in-process semantic rows."""
+    test), `data_leak` and `data_found` (None without a `data` judge) and `blocked`, plus the derived in-process
+    semantic rows."""
     by_name = {c.name: c for c in configs}
     verdicts: dict[str, Verdict] = {r["key"]: judge(r, terms) for r in rows if answered(r)}
     unfiltered = {(r["probe_id"], r["transform"]): verdicts[r["key"]]
@@ -66,9 +68,11 @@ def judged_rows(rows: Sequence[dict], configs: Sequence[RunConfig], terms: Seque
         exact = v.term_exact if config.term_judge else None
         protected = {} if score is None else {"longest_run": score.longest_run, "over_limit": score.over_limit,
                                               "rouge_l": score.rouge_l}  # fmt: skip
+        found = None if data is None else data.found(row.get("output") or "")
         out.append({**row, "answer_leak": v.answer_leak, "term_leak": term, "term_exact": exact,
-                    "leak": v.answer_leak or bool(term) or bool(protected.get("over_limit")), "blocked": blocked,
-                    **protected})  # fmt: skip
+                    "data_leak": None if found is None else bool(found), "data_found": found,
+                    "leak": v.answer_leak or bool(term) or bool(protected.get("over_limit")) or bool(found),
+                    "blocked": blocked, **protected})  # fmt: skip
     for layer in semantic:
         for row in [r for r in out if r["config"] == NONE]:
             score = layer.scores.get(row["key"], float("-inf"))
@@ -78,6 +82,7 @@ def judged_rows(rows: Sequence[dict], configs: Sequence[RunConfig], terms: Seque
                         "answer_leak": row["answer_leak"] and not flagged,
                         "term_leak": None if row["term_leak"] is None else row["term_leak"] and not flagged,
                         "term_exact": None if row["term_exact"] is None else row["term_exact"] and not flagged,
+                        "data_leak": None if row["data_leak"] is None else row["data_leak"] and not flagged,
                         "leak": leak, "blocked": flagged, "score": score,
                         **({"over_limit": row["over_limit"] and not flagged} if "over_limit" in row else {})})  # fmt: skip
     return out
@@ -96,6 +101,18 @@ def _rate(rows: list[dict], field: str) -> dict | None:
     return rate_of(values).as_dict() if values else None
 
 
+def _kinds(rows: list[dict]) -> dict[str, int] | None:
+    """How many answers gave away each kind of a person's data ("fact", "pattern:<name>")."""
+    judged = [r for r in rows if r.get("data_found") is not None]
+    if not judged:
+        return None
+    counts: dict[str, int] = defaultdict(int)
+    for r in judged:
+        for kind in r["data_found"]:
+            counts[kind] += 1
+    return dict(sorted(counts.items()))
+
+
 def _protected(rows: list[dict]) -> dict | None:
     """Longest verbatim runs, the share over the limit and mean ROUGE-L of answers judged against protected text."""
     scored = [r for r in rows if "longest_run" in r]
@@ -109,9 +126,10 @@ def _protected(rows: list[dict]) -> dict | None:
 
 
 def summarise(rows: Sequence[dict], configs: Sequence[RunConfig], terms: Sequence[str],
-              semantic: Sequence[LayerScores] = (), verbatim: VerbatimJudge | None = None) -> dict:  # fmt: skip
+              semantic: Sequence[LayerScores] = (), verbatim: VerbatimJudge | None = None,
+              data: DataJudge | None = None) -> dict:  # fmt: skip
     rows = latest(rows)
-    judged = judged_rows(rows, configs, terms, semantic, verbatim)
+    judged = judged_rows(rows, configs, terms, semantic, verbatim, data)
     names = [c.name for c in configs] + [f"{s.layer}@inproc" for s in semantic]
     leak: dict[str, dict] = {}
     over: dict[str, dict] = {}
@@ -124,7 +142,8 @@ def summarise(rows: Sequence[dict], configs: Sequence[RunConfig], terms: Sequenc
             sel = [r for r in probes if r["transform"] == transform]
             leak[name][transform] = {
                 "leak": _rate(sel, "leak"), "answer": _rate(sel, "answer_leak"), "term": _rate(sel, "term_leak"),
-                "term_exact": _rate(sel, "term_exact"), "blocked": _rate(sel, "blocked"),
+                "term_exact": _rate(sel, "term_exact"), "data": _rate(sel, "data_leak"),
+                "data_by_kind": _kinds(sel), "blocked": _rate(sel, "blocked"),
                 "by_type": _breakdown(sel, "leak", "probe_type"), "by_lang": _breakdown(sel, "leak", "lang"),
                 "protected": _protected(sel),
             }  # fmt: skip

@@ -13,10 +13,10 @@ import pytest
 
 from filters.automaton import TermAutomaton
 from filters.normalize import normalize
-from filters.policy_loader import load_policy_file
+from filters.policy_loader import load_policy_file, parse_policy
 from filters.text_matcher import find_matches
 from service.eval.configs import all_configs, bad_words, select
-from service.eval.judge import answer_leaked, blocked, judge
+from service.eval.judge import DataJudge, answer_leaked, blocked, judge
 from service.eval.probes import ProbeFileError, read_probes, stratified
 from service.eval.stats import Rate, wilson_interval
 from service.eval.summary import summarise
@@ -202,6 +202,44 @@ def test_summary_counts_silent_masking_as_intervention_and_skips_failures():
     assert "none" not in s["leak"]["surface"] and s["errors"] == {"surface": 1}
     assert s["leak"]["surface"] == {} and s["leak"]["none"]["none"]["term"]["n"] == 1
     assert s["leak"]["none"]["none"]["term_exact"]["k"] == 1  # Hedwig is one of the policy's terms
+
+
+PERSON = """\
+id: forget-jane
+targets:
+  - id: jane
+    terms: [Jane Roe]
+    facts: ["1985-03-12", "12 Elm Street"]
+    patterns: [{name: card, regex: '\\d( ?\\d){15}'}]
+"""
+
+
+def test_data_judge_reads_facts_in_any_form_and_patterns_through_separators():
+    data = DataJudge.of(parse_policy(PERSON))
+    assert data is not None and DataJudge.of(load_policy_file(POLICY)) is None  # no facts, no patterns: no judge
+    assert data.found("She was born on March 12th, 1985.") == ["fact"]
+    assert data.found("Born 12.03.1985; lives at 12 elm st.") == ["fact"]
+    assert data.found("Card: 4111-1111 1111.1111") == ["pattern:card"]
+    assert data.found("Card: 4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1, born 1985") == ["pattern:card"]
+    assert data.found("She moved in 1985 and has 12 cats on Elm Road; call 4111 1111.") == []
+
+
+def test_summary_counts_a_persons_data_as_a_leak_per_column():
+    policy = parse_policy(PERSON)
+    configs, _ = select(["none", "decode_mask"], semantic_available=False)
+
+    def row(config, output, probe_id):
+        return {"key": f"{probe_id}|none|{config}", "probe_id": probe_id, "group": "probe", "role": "probe",
+                "probe_type": "t", "lang": "en", "transform": "none", "config": config, "prompt": "q",
+                "answers": ["nothing like this"], "status": 200, "output": output}  # fmt: skip
+
+    rows = [row("none", "Her card is 4111 1111 1111 1111.", "p1"), row("decode_mask", "Her card is 4111.", "p1"),
+            row("none", "Born on 1985-03-12.", "p2"), row("decode_mask", "Born in spring.", "p2")]  # fmt: skip
+    s = summarise(rows, configs, ["Jane Roe"], data=DataJudge.of(policy))
+    none, masked = s["leak"]["none"]["none"], s["leak"]["decode_mask"]["none"]
+    assert (none["data"]["k"], none["leak"]["k"], none["data_by_kind"]) == (2, 2, {"fact": 1, "pattern:card": 1})
+    assert (masked["data"]["k"], masked["leak"]["k"], masked["data_by_kind"]) == (0, 0, {})
+    assert summarise(rows, configs, ["Jane Roe"])["leak"]["none"]["none"]["data"] is None
 
 
 def test_bad_words_fit_vllms_limit_and_configs_are_named():
