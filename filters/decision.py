@@ -16,6 +16,10 @@ class Layer(StrEnum):
     JUDGE = "judge"  # a judge model's yes (or its time-out, failing closed) on a window the classifier was unsure of
 
 
+CONCEPT_LAYERS = frozenset({Layer.EMBEDDING, Layer.CLASSIFIER, Layer.JUDGE})
+"""The layers that recognise a target by what the text says about it rather than by its name."""
+
+
 class Action(StrEnum):
     """What a detection does to a response, weakest first. A StrEnum, so it compares equal to its value."""
 

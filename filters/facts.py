@@ -8,6 +8,9 @@ A fact is a term (`filters.automaton`, reader mode) that is active only when the
   facts free at decode time (the names themselves are usually masked terms, so the answer cannot name them either);
 - in the per-choice text backstop (`filters.surface.SurfaceLayer.armed_by`): the same rule as the plugin, the facts of
   every target the request's prompt names are compiled in as that request's terms (streams and JSON alike);
+- by concept: a target with a `concept` on a policy that screens input is armed too when the input screen's semantic
+  layers recognise the person in the prompt without their name (any action, `flag` included); the gateway sends
+  those facts inline as `quell_armed_facts` and arms them in its backstop;
 - in reports (`SurfaceLayer.fact_decisions`: moderations, the admin test route): a fact is a detection when the
   prompt or the answer names the person (any of the target's terms, as the terms match).
 
@@ -24,6 +27,9 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
+ARMED_FACTS_KEY = "quell_armed_facts"
+"""The plugin's `vllm_xargs` key for fact forms armed whatever the prompt names: the gateway sends the facts of a
+person its input screen recognised by their concept (`SurfaceLayer.armed_fact_forms`)."""
 MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
           "november", "december")  # fmt: skip
 STREET_TYPES = {"street": "st", "avenue": "ave", "road": "rd", "boulevard": "blvd", "drive": "dr", "lane": "ln",

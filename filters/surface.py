@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from filters.automaton import MatchMode, TermAutomaton, reader_mode
@@ -136,12 +136,14 @@ class SurfaceLayer:
             return f"pattern:{name}"
         return "fact" if term not in self._pattern_rules and word_chars(term) in self._fact_terms else ""
 
-    def armed_by(self, prompt: str | None) -> SurfaceLayer:
+    def armed_by(self, prompt: str | None, recognised: Collection[tuple[str, str]] = ()) -> SurfaceLayer:
         """This layer with the facts of every target that `prompt` names compiled in as terms, as the decode-time
         plugin arms them (`filters.facts`); `None` (a prompt that cannot be read, e.g. token ids) arms every fact.
-        One compiled layer per distinct set of named targets, kept with this one."""
+        `recognised`: (policy ref, target id) of targets the input screen recognised without their name (their
+        concept), armed too. One compiled layer per distinct set of armed targets, kept with this one."""
         named = frozenset((rule.policy_ref, group.target_id) for group, rule in self.facts
-                          if prompt is None or find_matches(self._fact_automata_for(group, rule)[0], prompt))  # fmt: skip
+                          if prompt is None or (rule.policy_ref, group.target_id) in recognised
+                          or find_matches(self._fact_automata_for(group, rule)[0], prompt))  # fmt: skip
         if not named:
             return self
         layer = self._armed.get(named)
@@ -150,6 +152,13 @@ class SurfaceLayer:
                 self._armed.clear()
             layer = self._armed[named] = SurfaceLayer(self._policies, self._direction, named)
         return layer
+
+    def armed_fact_forms(self, recognised: Collection[tuple[str, str]]) -> list[str]:
+        """The written forms of the facts of `mask` targets among `recognised` (policy ref, target id), for the
+        decode-time plugin's `quell_armed_facts`: armed whatever the prompt names."""
+        return list(dict.fromkeys(fact for group, rule in self.facts
+                                  if rule.action is SurfaceAction.MASK and (rule.policy_ref, group.target_id) in recognised
+                                  for fact in group.facts))  # fmt: skip
 
     def fact_decisions(self, text: str, prompt: str = "") -> list[Decision]:
         """Every fact of a target that `prompt` or `text` names, found in `text` (`filters.facts`)."""

@@ -6,8 +6,9 @@ Load it with `--logits-processors filters.vllm_plugin:QuellLogitsProcessor`; a r
 terms that match anywhere, inside words too (`filters.automaton`, "the matching contract"). `"quell_patterns"` lists
 regular expressions for identifiers (`filters.patterns`), compiled into the same automaton. `"quell_facts"` lists one
 JSON object per person, `{"names": [...], "facts": [...]}`: when the request's prompt names the person (any name, as
-a reader-mode term), the facts' written forms join the request's mask terms (`filters.facts`). Requests without
-terms are untouched.
+a reader-mode term), the facts' written forms join the request's mask terms (`filters.facts`). `"quell_armed_facts"`
+lists fact forms that join them whatever the prompt says (the gateway's input screen recognised the person by
+their concept, not their name). Requests without terms are untouched.
 
 Call order (vLLM's interface): `validate_params` in the API server (bad input -> HTTP 400); in the engine, before
 each forward pass `update_state` (batch changes: removed, then added, then moved; then every masked request's cursor
@@ -35,6 +36,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
 from filters.automaton import MatchMode, TermAutomaton, reader_mode
+from filters.facts import ARMED_FACTS_KEY
 from filters.normalize import word_chars
 from filters.patterns import PatternError, compile_pattern
 from filters.protected_text import ProtectedCursor, ProtectedMasks, cached_index, default_index_dir, is_digest
@@ -54,6 +56,8 @@ KEYS = (TERMS_KEY, PREFIX_TERMS_KEY, INSIDE_TERMS_KEY)
 PATTERNS_KEY = "quell_patterns"
 FACTS_KEY = "quell_facts"
 MAX_PATTERNS = 256
+MAX_ARMED_FACTS = 1024
+"""Fact forms per request in `quell_armed_facts` (a date alone has about a dozen written forms)."""
 PROTECTED_KEY = "quell_protected"
 """Protected-text indexes by content hash (`filters.protected_text`): the gateway writes them to the shared index
 directory ($QUELL_INDEX_DIR, else $QUELL_CACHE_DIR/protected); a request carries only the hashes."""
@@ -156,6 +160,17 @@ def parse_facts(extra_args: dict[str, Any] | None) -> list[tuple[tuple[str, ...]
     return out
 
 
+def parse_armed_facts(extra_args: dict[str, Any] | None) -> tuple[str, ...]:
+    """Fact forms masked whatever the prompt names (sent inline, never by hash); ValueError says what is wrong."""
+    armed = _parse_list(extra_args or {}, ARMED_FACTS_KEY)
+    if len(armed) > MAX_ARMED_FACTS:
+        raise ValueError(f"vllm_xargs.{ARMED_FACTS_KEY} has {len(armed)} facts; at most {MAX_ARMED_FACTS} are accepted")
+    empty = [fact for fact in armed if not word_chars(fact)]
+    if empty:
+        raise ValueError(f"vllm_xargs.{ARMED_FACTS_KEY} has facts with no letters or digits: {empty[:5]!r}")
+    return tuple(armed)
+
+
 @lru_cache(maxsize=256)
 def _names_automaton(names: tuple[str, ...]) -> TermAutomaton:
     return TermAutomaton.reader(names)
@@ -210,6 +225,7 @@ class QuellLogitsProcessor(LogitsProcessor):
         parse_terms(sampling_params.extra_args)
         parse_protected(sampling_params.extra_args)
         parse_facts(sampling_params.extra_args)
+        parse_armed_facts(sampling_params.extra_args)
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool):
         model_config = vllm_config.model_config
@@ -253,8 +269,11 @@ class QuellLogitsProcessor(LogitsProcessor):
         try:
             terms = parse_terms(params.extra_args)
             facts = parse_facts(params.extra_args)
+            armed = parse_armed_facts(params.extra_args)
             if facts:
-                terms = terms.with_terms(facts_named(facts, self._prompt_text(prompt_ids or [])))
+                armed += facts_named(facts, self._prompt_text(prompt_ids or []))
+            if armed:
+                terms = terms.with_terms(armed)
             protected = tuple(ProtectedCursor(self._protected_for(d)) for d in parse_protected(params.extra_args))
         except Exception:
             log.exception("Quell: invalid terms or protected-text indexes reached the engine; ending the request")

@@ -19,6 +19,7 @@ from typing import Any
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from filters.decision import Action, Decision, Layer, content_filter_results
+from filters.facts import ARMED_FACTS_KEY
 from filters.judge import Judges
 from filters.output_pipeline import OutputPipeline
 from filters.policy import Policy
@@ -73,6 +74,7 @@ async def handle(endpoint: Endpoint, request: ChatCompletionRequest | Completion
     if any(d.action.blocks for d in inbound):
         raise input_screen.blocked_error(inbound, content_filter_results(inbound))
     ctx = RequestContext.of(endpoint, body, policies, decode_mask=gateway.decode_mask,
+                            recognised=input_screen.recognised_targets(inbound),
                             text_backstop=gateway.settings.text_backstop,
                             semantic=await runtime.guard(runtime.relevant(policies, "output")), judge=gateway.judges,
                             request_id=request_id,
@@ -98,6 +100,9 @@ class RequestContext:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     report: Report | None = None
     observe_layer: Callable[[str, float], None] | None = None
+    recognised: frozenset[tuple[str, str]] = frozenset()
+    """(policy ref, target id) of targets the input screen's semantic layers recognised: their facts are armed even
+    where the prompt does not name them (`SurfaceLayer.armed_by`, the plugin's `quell_armed_facts`)."""
 
     @classmethod
     def of(cls, endpoint: Endpoint, body: dict, policies: Sequence[Policy], **rest: Any) -> RequestContext:
@@ -131,6 +136,9 @@ class RequestContext:
                 xargs[key] = list(ours) + (
                     [t for t in theirs if isinstance(t, str)] if isinstance(theirs, list) else []
                 )
+        armed = self.surface.armed_fact_forms(self.recognised)
+        if armed:
+            xargs[ARMED_FACTS_KEY] = armed + [t for t in xargs.get(ARMED_FACTS_KEY) or [] if isinstance(t, str)]
         if xargs:
             body["vllm_xargs"] = xargs
         return body
@@ -155,7 +163,7 @@ class RequestContext:
     def backstop(self) -> SurfaceLayer:
         """The text backstop's layer for this request, chosen once for all its choices and channels: a person's
         facts are armed by the prompt naming them, as the decode-time plugin arms them."""
-        return self.surface.armed_by(self.prompt_text) if self.text_backstop else SurfaceLayer([])
+        return self.surface.armed_by(self.prompt_text, self.recognised) if self.text_backstop else SurfaceLayer([])
 
     def new_pipeline(self) -> OutputPipeline:
         refusals = {p.ref: p.refusal for p in self.policies}

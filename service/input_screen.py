@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from filters.decision import Decision
+from filters.decision import CONCEPT_LAYERS, Decision
 from filters.output_pipeline import semantic_decisions
 from filters.policy import InputScope, Policy
 from filters.semantic import input_text
@@ -40,6 +40,12 @@ async def screen(
     if guard is not None:
         decisions += semantic_decisions(await guard.check_messages_async(messages))
     return decisions, "\n".join(texts)
+
+
+def recognised_targets(decisions: Sequence[Decision]) -> frozenset[tuple[str, str]]:
+    """(policy ref, target id) of the targets the semantic layers recognised in the prompt, whatever their action:
+    a person described rather than named has their facts armed all the same (`filters.facts`)."""
+    return frozenset((d.policy_ref, d.target_id) for d in decisions if d.layer in CONCEPT_LAYERS)
 
 
 def blocked_error(decisions: list[Decision], content_filter_results: dict) -> APIError:

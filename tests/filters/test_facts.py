@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from filters.automaton import TermAutomaton
-from filters.facts import date_forms, fact_forms
+from filters.facts import ARMED_FACTS_KEY, date_forms, fact_forms
 from filters.policy_loader import PolicyError, parse_policy
 from filters.stream_guard import OutputGuard
 from filters.surface import SurfaceLayer
@@ -151,6 +151,8 @@ def test_plugin_arms_facts_only_for_a_prompt_that_names_the_person() -> None:
         ({"quell_facts": ['{"names": [], "facts": ["abc"]}']}, 'must be {"names"'),
         ({"quell_patterns": ["(a)\\1"]}, "unsupported regex feature"),
         ({"quell_patterns": "abc"}, "flat list of strings"),
+        ({"quell_armed_facts": "1985"}, "flat list of strings"),
+        ({"quell_armed_facts": ["--"]}, "no letters or digits"),
     ],
 )
 def test_plugin_rejects_bad_pattern_and_fact_arguments(extra: dict[str, object], fragment: str) -> None:
@@ -158,17 +160,19 @@ def test_plugin_rejects_bad_pattern_and_fact_arguments(extra: dict[str, object],
     with pytest.raises(ValueError, match=None) as info:
         plugin.parse_terms(extra)
         plugin.parse_facts(extra)
+        plugin.parse_armed_facts(extra)
     assert fragment in str(info.value)
 
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / ".cache" / "models" / "SmolLM2-135M-Instruct"
 
 
-@pytest.mark.parametrize("named", [True, False])
-def test_plugin_processor_masks_a_greedy_copier_of_facts_and_patterns(named: bool) -> None:
+@pytest.mark.parametrize(("named", "recognised"), [(True, False), (False, False), (False, True)])
+def test_plugin_processor_masks_a_greedy_copier_of_facts_and_patterns(named: bool, recognised: bool) -> None:
     """The logits processor itself (no server): a 'model' that always prefers the next token of a sentence holding
     the person's date of birth and phone number, decoded greedily through update_state/apply. The phone pattern is
-    never completed; the date is masked only when the prompt names the person."""
+    never completed; the date is masked only when the prompt names the person, or when the gateway recognised them
+    by their concept and sent their facts as `quell_armed_facts`."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     vllm = pytest.importorskip("vllm")
@@ -179,7 +183,10 @@ def test_plugin_processor_masks_a_greedy_copier_of_facts_and_patterns(named: boo
 
     proc, tokenizer = processor_and_tokenizer(MODEL_DIR)
     layer = SurfaceLayer([parse_policy(PERSON)])
-    params = vllm.SamplingParams(max_tokens=200, extra_args=layer.plugin_args())
+    args = layer.plugin_args()
+    if recognised:
+        args[ARMED_FACTS_KEY] = layer.armed_fact_forms({(layer.facts[0][1].policy_ref, "jane")})
+    params = vllm.SamplingParams(max_tokens=200, extra_args=args)
     QuellLogitsProcessor.validate_params(params)
     question = "When was Jane Roe born?" if named else "When was the customer born?"
     prompt = tokenizer.encode(
@@ -191,4 +198,18 @@ def test_plugin_processor_masks_a_greedy_copier_of_facts_and_patterns(named: boo
     text, _ = copy_greedily(proc, tokenizer, params, prompt, "She was born on 12/03/1985; call 555-010-0199 any time.")
     assert text.startswith("She was born on") and "call" in text, text  # the request was not ended
     assert not TermAutomaton(patterns=["555 ?010 ?0199"]).matches(text), text
-    assert TermAutomaton.reader(date_forms(dt.date(1985, 3, 12))).matches(text) is not named, text
+    assert TermAutomaton.reader(date_forms(dt.date(1985, 3, 12))).matches(text) is not (named or recognised), text
+
+
+def test_a_target_recognised_without_its_name_is_armed_in_the_backstop_and_for_the_plugin() -> None:
+    layer = SurfaceLayer([parse_policy(PERSON)])
+    ref = layer.facts[0][1].policy_ref
+    answer = "She was born on 12/03/1985."
+    assert layer.armed_by("When was the customer born?").decisions(answer) == []  # not named: the date passes
+    armed = layer.armed_by("When was the customer born?", {(ref, "jane")})
+    assert [(d.detail, answer[d.start : d.end]) for d in armed.decisions(answer)] == [("fact", "12/03/1985")]
+    assert layer.armed_by("When was the customer born?", {("other@1", "jane")}) is layer  # another policy's jane
+    forms = layer.armed_fact_forms({(ref, "jane")})
+    assert "12/03/1985" in forms and "Northwind Traders" in forms and layer.armed_fact_forms(set()) == []
+    flagged = SurfaceLayer([parse_policy(PERSON.replace("    terms:", "    on_surface: redact\n    terms:"))])
+    assert flagged.armed_fact_forms({(flagged.facts[0][1].policy_ref, "jane")}) == []  # only mask targets' facts
