@@ -130,15 +130,14 @@ class RequestContext:
         if not self.decode_mask:
             return body
         xargs = dict(body.get("vllm_xargs") or {})
-        for key, ours in self.surface.plugin_args().items():  # protected text: index content hashes, never the corpus
-            if ours:  # a client may add terms of its own, never take ours away
+        ours = dict(self.surface.plugin_args())  # protected text: index content hashes, never the corpus
+        ours[ARMED_FACTS_KEY] = self.surface.armed_fact_forms(self.recognised)
+        for key, values in ours.items():
+            if values:  # a client may add terms of its own, never take ours away
                 theirs = xargs.get(key)
-                xargs[key] = list(ours) + (
+                xargs[key] = list(values) + (
                     [t for t in theirs if isinstance(t, str)] if isinstance(theirs, list) else []
                 )
-        armed = self.surface.armed_fact_forms(self.recognised)
-        if armed:
-            xargs[ARMED_FACTS_KEY] = armed + [t for t in xargs.get(ARMED_FACTS_KEY) or [] if isinstance(t, str)]
         if xargs:
             body["vllm_xargs"] = xargs
         return body
