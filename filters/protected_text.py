@@ -38,18 +38,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import xxhash
 
 from filters.decision import Action, Decision, Layer
 from filters.normalize import SEPARATOR, normalize_char
-from filters.text_matcher import Match, merge_spans, redact
 from filters.vocab import VocabularyIndex, token_text
-
-if TYPE_CHECKING:
-    from filters.stream_guard import GuardStep
+from filters.word_stream import Word, WordHit, WordStream
 
 SUFFIXES = (".txt", ".md", ".jsonl")
 JSONL_FIELD = "text"
@@ -484,133 +480,37 @@ class ProtectedRun:
 
 
 @dataclass
-class _Word:
-    start: int
-    end: int
-    text: str
-
-
-@dataclass
-class ProtectedStream:
+class ProtectedStream(WordStream):
     """Feed text chunk by chunk (or pipe another stage's `GuardStep`s through it); release what no protected run
     can still reach, redact (`mask`), cut (`stop`) or refuse on a run of k+1 protected words."""
 
-    rules: Sequence[ProtectedRule]
-    seconds: float = 0.0
-    _buffer: str = ""
-    _base: int = 0
-    _pos: int = 0
-    _words: list[_Word] = field(default_factory=list)  # the last complete words (at most max k)
-    _current: _Word | None = None
-    _pending: list[Match] = field(default_factory=list)
-    _stopped: bool = False
+    rules: Sequence[ProtectedRule] = ()
 
     def __post_init__(self) -> None:
-        self._keep = max((r.index.k for r in self.rules), default=0)
+        self.keep = max((r.index.k for r in self.rules), default=0)
+        self._vocabularies = [r.index.vocabulary for r in self.rules]
 
-    def pipe(self, step: GuardStep, final: bool) -> GuardStep:
-        """Run an earlier stage's released text through this one; `final` (or a stop there) ends the text."""
-        from filters.stream_guard import GuardStep  # stream_guard -> surface -> policy -> this module
-
-        started = time.perf_counter()
-        own = self.feed(step.text)
-        if (final or step.stopped) and not own.stopped:
-            end = self.finish()
-            own = GuardStep(own.text + end.text, own.decisions + end.decisions, end.stopped, end.refusal)
-        self.seconds += time.perf_counter() - started
-        stopped = step.stopped or own.stopped
-        return GuardStep(own.text, step.decisions + own.decisions, stopped, step.refusal or own.refusal)
-
-    def feed(self, text: str) -> GuardStep:
-        if self._stopped:
-            return _step("", stopped=True)
-        self._buffer += text
-        hits: list[ProtectedRun] = []
-        for ch in text:
-            pos = self._pos
-            self._pos += 1
-            for sym in normalize_char(ch):
-                if sym == SEPARATOR:
-                    self._close(hits)
-                elif self._current is None:
-                    self._current = _Word(pos, pos + 1, sym)
-                else:
-                    self._current.text += sym
-                    self._current.end = pos + 1
-        return self._decide(hits, final=False)
-
-    def finish(self) -> GuardStep:
-        if self._stopped:
-            return _step("", stopped=True)
-        hits: list[ProtectedRun] = []
-        self._close(hits)
-        return self._decide(hits, final=True)
-
-    def _close(self, hits: list[ProtectedRun]) -> None:
-        word, self._current = self._current, None
-        if word is None:
-            return
-        previous = [w.text for w in self._words]
+    def _on_word(self, word: Word, previous: list[Word]) -> list[WordHit]:
+        texts = [w.text for w in previous]
+        hits = []
         for rule in self.rules:
             k = rule.index.k
-            if len(previous) >= k and word.text in rule.index.next_words(previous[-k:]):
-                hits.append(ProtectedRun(rule, self._words[-k].start, word.end, k + 1))
-        self._words.append(word)
-        del self._words[: -self._keep or None]
+            if len(texts) >= k and word.text in rule.index.next_words(texts[-k:]):
+                action = Action.REDACT if rule.action == "mask" else Action(rule.action)
+                decision = Decision(rule.policy_ref, rule.target_id, Layer.PROTECTED_TEXT, action, 1.0,
+                                    previous[-k].start, word.end)  # fmt: skip
+                hits.append(WordHit(decision, rule.refusal if action is Action.REFUSE else None))
+        return hits
 
-    def _hold_from(self) -> int:
-        """Offset of the earliest word a later word could still join into a protected run."""
-        hold = self._current.start if self._current is not None else self._pos
-        vocab = [r.index.vocabulary for r in self.rules]
-        for word in reversed(self._words):
-            if not any(word.text in v for v in vocab):
-                break
-            hold = word.start
-        return hold
-
-    def _decide(self, hits: list[ProtectedRun], final: bool) -> GuardStep:
-        decisions = tuple(Decision(h.rule.policy_ref, h.rule.target_id, Layer.PROTECTED_TEXT,
-                                   Action.REDACT if h.rule.action == "mask" else Action(h.rule.action), 1.0, h.start,
-                                   h.end) for h in hits)  # fmt: skip
-        terminal = [h for h in hits if h.rule.action in ("stop", "refuse")]
-        if terminal:
-            self._stopped = True
-            refusal = next((h.rule.refusal for h in terminal if h.rule.action == "refuse"), None)
-            return _step(self._take(min(h.start for h in terminal)), decisions, True, refusal)
-        spans = [(m.start, m.end) for m in self._pending] + [(h.start, h.end) for h in hits]
-        self._pending = [Match("", a, b) for a, b in merge_spans([Match("", a, b) for a, b in spans])]
-        boundary = self._pos if final else self._hold_from()
-        for m in self._pending:
-            if m.end > boundary:
-                boundary = min(boundary, m.start)
-        return _step(self._take(boundary), decisions)
-
-    def _take(self, upto: int) -> str:
-        upto = max(upto, self._base)
-        inside = [m for m in self._pending if m.end <= upto]
-        self._pending = [m for m in self._pending if m.end > upto]
-        chunk = self._buffer[: upto - self._base]
-        from filters.stream_guard import REDACTION
-
-        shifted = [Match("", max(m.start, self._base) - self._base, m.end - self._base) for m in inside]
-        text = redact(chunk, shifted, REDACTION)
-        self._buffer = self._buffer[upto - self._base :]
-        self._base = upto
-        return text
-
-
-def _step(text: str, decisions: tuple[Decision, ...] = (), stopped: bool = False,
-          refusal: str | None = None) -> GuardStep:  # fmt: skip
-    from filters.stream_guard import GuardStep
-
-    return GuardStep(text, decisions, stopped, refusal)
+    def _may_join(self, word: Word) -> bool:
+        return any(word.text in v for v in self._vocabularies)
 
 
 def find_runs(rules: Sequence[ProtectedRule], text: str) -> list[ProtectedRun]:
     """Every quote longer than allowed in a complete text, overlapping windows merged, with where it comes from."""
     out: list[ProtectedRun] = []
     for rule in rules:
-        words: list[_Word] = []
+        words: list[Word] = []
         hits: list[tuple[int, int]] = []  # (first word index, last word index)
         for w in _spans(text):
             previous = [x.text for x in words[-rule.index.k :]]
@@ -625,8 +525,8 @@ def find_runs(rules: Sequence[ProtectedRule], text: str) -> list[ProtectedRun]:
     return sorted(out, key=lambda r: r.start)
 
 
-def _spans(text: str) -> Iterator[_Word]:
-    current: _Word | None = None
+def _spans(text: str) -> Iterator[Word]:
+    current: Word | None = None
     for pos, ch in enumerate(text):
         for sym in normalize_char(ch):
             if sym == SEPARATOR:
@@ -634,7 +534,7 @@ def _spans(text: str) -> Iterator[_Word]:
                     yield current
                 current = None
             elif current is None:
-                current = _Word(pos, pos + 1, sym)
+                current = Word(pos, pos + 1, sym)
             else:
                 current.text += sym
                 current.end = pos + 1
