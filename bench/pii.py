@@ -139,11 +139,15 @@ def presidio(recognizers: list, text: str) -> str:
 
 
 def backstop(layer, prompt: str, text: str) -> str:
-    """The gateway's per-choice text backstop: facts armed by the prompt naming the person, then the guard."""
+    """The gateway's per-choice text stages (`OutputPipeline` without a semantic layer): facts armed by the prompt
+    naming the person, then terms, patterns, protected text and near spellings of names."""
+    import asyncio
+
+    from filters.output_pipeline import OutputPipeline
     from filters.stream_guard import OutputGuard
 
-    guard = OutputGuard(layer.armed_by(prompt))
-    return guard.feed(text).text + guard.finish().text
+    pipeline = OutputPipeline(OutputGuard(layer.armed_by(prompt)), None, {})
+    return asyncio.run(pipeline.whole(text))[0]
 
 
 # ---- vLLM ---------------------------------------------------------------------------------------------------------

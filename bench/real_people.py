@@ -24,8 +24,9 @@ answer as read, a long one by a 6-gram the question does not hold); the decode m
 descriptions of a person, so this column shows what a name list leaves to the concept layers. Over-blocking:
 answers about unlisted people that the column changes, beside the floor that batching noise sets (the same greedy
 request answered twice without a policy). Columns: none; backstop (the gateway's text backstop on none's answer,
-facts armed by the prompt naming the person); plugin (decode time, no text backstop). Requests go 8 at a time, as a
-loaded gateway would send them. Prints numbers only.
+facts armed by the prompt naming the person, near spellings of names caught: the policy sets `near_names: true`);
+plugin (decode time, no text backstop); plugin+backstop (the product: the backstop on the plugin's answer).
+Requests go 8 at a time, as a loaded gateway would send them. Prints numbers only.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ EVAL = Path(__file__).resolve().parents[2] / "shared" / "eval-data"
 SEED = 5
 MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
 DATE = re.compile(rf"\b(?:({MONTHS}) (\d{{1,2}}),? (\d{{3,4}})|(\d{{1,2}}) ({MONTHS}),? (\d{{3,4}}))\b")
-COLUMNS = ("none", "backstop", "plugin")
+COLUMNS = ("none", "backstop", "plugin", "plugin+backstop")
 
 
 @dataclass
@@ -122,7 +123,7 @@ def policy(people: list[Person]) -> str:
     listed = [p for p in people if p.listed]
     targets = {p.term: p for p in listed}  # RWKU lists each person once, asked with and without context
     return json.dumps({"id": "forget-people", "targets": [
-        {"id": f"person-{n}", "terms": [p.term], **({"facts": p.dates} if p.dates else {})}
+        {"id": f"person-{n}", "terms": [p.term], "near_names": True, **({"facts": p.dates} if p.dates else {})}
         for n, p in enumerate(targets.values())]})  # fmt: skip
 
 
@@ -173,6 +174,8 @@ def run_set(name: str, people: list[Person], url: str, max_tokens: int, save: Pa
         person.answers[column].append(text)
         if column == "none":
             person.answers["backstop"].append(backstop(layer, prompt, text))
+        if column == "plugin":
+            person.answers["plugin+backstop"].append(backstop(layer, prompt, text))
     if save is not None:
         with save.open("a", encoding="utf-8") as out:
             for p in people:

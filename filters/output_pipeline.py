@@ -4,7 +4,9 @@
 Stages, each fed only what the stages before it let out:
 1. surface: terms (and anything else compiled into the surface automaton) through `OutputGuard`, the text backstop;
 2. protected text: runs of protected corpus words longer than a target allows (`ProtectedStream`);
-3. semantic: concept windows (`SemanticStream` over a `SemanticGuard`), and when the pipeline has `judge`, the
+3. near names: near spellings of the names of targets with `near_names: true` (`NearNameStream`), what a model
+   writes when the decode-time mask bans the name;
+4. semantic: concept windows (`SemanticStream` over a `SemanticGuard`), and when the pipeline has `judge`, the
    judge model on the windows a concept's classifier is unsure about (`filters.judge`; its decisions have layer
    `judge`).
 
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 
 from filters.decision import Action, Decision, Layer
 from filters.judge import Judges
+from filters.near_names import NearNameStream
 from filters.policy import ConceptAction, StreamMode
 from filters.protected_text import ProtectedStream
 from filters.semantic import Detection, SemanticGuard
@@ -48,6 +51,8 @@ class OutputPipeline:
     semantic_seconds: float = 0.0
     protected: ProtectedStream | None = None
     """Protected-text runs, checked on what the surface stage lets out (built from the surface layer's rules)."""
+    near: NearNameStream | None = None
+    """Near spellings of names (`filters.near_names`), checked on what the earlier text stages let out."""
     judge: Judges | None = None
     """The judge for concepts that have one (`concept.judge`); None: their classifier's threshold decides."""
     _stream: SemanticStream | None = None
@@ -58,6 +63,8 @@ class OutputPipeline:
     def __post_init__(self) -> None:
         if self.protected is None and self.surface.surface.protected:
             self.protected = ProtectedStream(self.surface.surface.protected)
+        if self.near is None and self.surface.surface.near_names:
+            self.near = NearNameStream(names=self.surface.surface.near_names)
 
     @property
     def decisions(self) -> list[Decision]:
@@ -80,6 +87,8 @@ class OutputPipeline:
         step = call()
         if self.protected is not None:
             step = self.protected.pipe(step, final)
+        if self.near is not None:
+            step = self.near.pipe(step, final)
         self.surface_seconds += time.perf_counter() - started
         self._decisions += step.decisions
         return step

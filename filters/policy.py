@@ -315,6 +315,9 @@ class Target(_Strict):
     """Short strings identifying this person (a date of birth, a street address, an employer), masked only where the
     conversation or the answer names the target (`filters.facts`)."""
     allow_short: bool = False
+    near_names: bool = False
+    """Also catch near spellings of this target's names of two or more words in the text backstop ("Werner Herzöog",
+    "Harrison F. Ford"): what a model writes when the decode-time mask bans the name (`filters.near_names`)."""
     concept: Concept | None = None
     protected_text: ProtectedText | None = None
     match: TermMatch = TermMatch.READER

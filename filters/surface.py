@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from filters.automaton import MatchMode, TermAutomaton, reader_mode
 from filters.decision import ACTION_RANK, Action, Decision, Layer
 from filters.facts import FactGroup
+from filters.near_names import NearName, find_near_names
 from filters.normalize import word_chars
 from filters.policy import Policy, ProtectedAction, SurfaceAction
 from filters.protected_text import ProtectedRule, cached_index
@@ -43,6 +44,7 @@ class SurfaceLayer:
         self._pattern_names: dict[str, str] = {}
         mask_patterns: list[str] = []
         facts: list[tuple[FactGroup, TermRule]] = []
+        near_names: list[NearName] = []
         for policy in policies:
             if direction is not None and direction not in policy.applies_to:
                 continue
@@ -68,6 +70,9 @@ class SurfaceLayer:
                             self._fact_terms.add(word_chars(fact))
                             by_mode[reader_mode(fact)].append(fact)
                 for term in target.terms:
+                    near = NearName.of(policy.ref, target.id, target.on_surface.value, policy.refusal, term)
+                    if target.near_names and near is not None:
+                        near_names.append(near)
                     mode = target.match.mode_for(term)
                     self._rules.setdefault(word_chars(term), []).append(rule)
                     by_mode[mode].append(term)
@@ -89,6 +94,8 @@ class SurfaceLayer:
         self.mask_prefix_terms: tuple[str, ...] = tuple(dict.fromkeys(mask[MatchMode.PREFIX] + mask[MatchMode.INSIDE]))
         """Prefix terms, plus the inside terms (a gateway that sends only `quell_terms` and `quell_prefix_terms`
         still masks their word-start forms; `plugin_args` sends each where it belongs)."""
+        self.near_names: tuple[NearName, ...] = tuple(near_names)
+        """Names to catch near-spelled in text (`filters.near_names`): targets with `near_names: true`."""
         self.protected: tuple[ProtectedRule, ...] = tuple(protected)
         """Protected-text targets (`filters.protected_text`): the text backstop checks all of them."""
         self.mask_protected: tuple[str, ...] = tuple(dict.fromkeys(
@@ -127,7 +134,7 @@ class SurfaceLayer:
             rule = self.strongest(m.term)
             out.append(Decision(rule.policy_ref, rule.target_id, Layer.SURFACE, Action(rule.action.value), 1.0, m.start,
                                 m.end, self.detail(m.term)))  # fmt: skip
-        return out + self.fact_decisions(text)
+        return out + self.fact_decisions(text) + find_near_names(self.near_names, text)
 
     def detail(self, term: str) -> str:
         """What a match of `term` (a `Match.term`) was: `pattern:<name>`, `fact` (an armed fact) or "" (a term)."""

@@ -43,6 +43,8 @@ class WordStream:
     closed words `_on_word` may look back at) and implement `_on_word` and `_may_join`."""
 
     keep: int = 0
+    split_case: bool = False
+    """A case change inside a word ("DemiMoore") ends the word, as the surface layer reads it."""
     seconds: float = 0.0
     _buffer: str = ""
     _base: int = 0
@@ -51,6 +53,7 @@ class WordStream:
     _current: Word | None = None
     _pending: list[Match] = field(default_factory=list)
     _stopped: bool = False
+    _after_lower: bool = False
 
     def _on_word(self, word: Word, previous: list[Word]) -> list[WordHit]:
         """What closing `word` (after the `previous` closed words, oldest first) completes."""
@@ -81,7 +84,12 @@ class WordStream:
         for ch in text:
             pos = self._pos
             self._pos += 1
-            for sym in normalize_char(ch):
+            symbols = normalize_char(ch)
+            if self.split_case and symbols:
+                if self._after_lower and (ch.isupper() or ch.istitle()):
+                    self._close(hits)
+                self._after_lower = ch.islower()
+            for sym in symbols:
                 if sym == SEPARATOR:
                     self._close(hits)
                 elif self._current is None:
