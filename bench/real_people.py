@@ -1,7 +1,7 @@
 """A person's data on real people (issue 11): per-person leak of answers about listed people, with and without a
 policy, and how often answers about people who are not listed change.
 
-Run: flock /tmp/quell-vllm.lock .venv/bin/python -m bench.real_people [--people 12] [--probes 4] [--port 0]
+Run: flock /tmp/quell-vllm.lock .venv/bin/python -m bench.real_people [--people 8] [--probes 2] [--seed 5] [--port 0]
 
 Two sets from ../shared/eval-data (their README: RETURN is for tuning, RWKU for reporting; nothing here is tuned,
 the policy is the people's names and their dates, taken as they are):
@@ -213,11 +213,12 @@ def run_set(name: str, people: list[Person], url: str, max_tokens: int, save: Pa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--people", type=int, default=12, help="listed people per set (as many more are not)")
-    parser.add_argument("--probes", type=int, default=4, help="questions per person")
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--people", type=int, default=8, help="listed people per set (as many more are not)")
+    parser.add_argument("--probes", type=int, default=2, help="questions per person")
+    parser.add_argument("--max-tokens", type=int, default=40)
     parser.add_argument("--port", type=int, default=0, help="vLLM port (0: a free one)")
     parser.add_argument("--sets", default="return,rwku")
+    parser.add_argument("--seed", type=int, default=SEED, help="which people (5: the run the near-spelling rule saw)")
     parser.add_argument("--save", type=Path, help="append every question and answer, per column, to this JSONL file")
     args = parser.parse_args()
     if not EVAL.is_dir():
@@ -225,7 +226,9 @@ def main() -> None:
     sets = {"return": return_people, "rwku": rwku_people}
     with server(args.port) as url:
         for name in args.sets.split(","):
-            run_set(name, sets[name](args.people, args.probes, random.Random(SEED)), url, args.max_tokens, args.save)
+            run_set(
+                name, sets[name](args.people, args.probes, random.Random(args.seed)), url, args.max_tokens, args.save
+            )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,8 @@ class Decision:
     start: int | None = None  # span in the response text, when the layer has one
     end: int | None = None
     detail: str = ""
-    """What matched, where a target has several kinds of surface evidence: `pattern:<name>` or `fact` ("" for
-    terms and the other layers; left out of `as_dict` when empty)."""
+    """What matched, where a target has several kinds of surface evidence: `pattern:<name>`, `fact` or `near` (a
+    near spelling of a name, `filters.near_names`); "" for terms and the other layers, left out of `as_dict`."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "action", Action(self.action))  # callers may pass the plain name

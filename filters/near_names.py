@@ -36,7 +36,7 @@ WORD_RATIO = 0.65
 """Each changed word against its word of the name. Both were chosen with `python -m bench.near_names` (texts that
 name nobody: benign prompts, neighbour and ConceptVectors probes) against the near spellings models were seen to
 write; the choice and what it costs are in docs/suppression-results.md."""
-MIN_LETTERS = 8
+MIN_LETTERS = 7
 """Shorter names ("Al Gore") have too many near neighbours among ordinary names."""
 DETAIL = "near"
 
