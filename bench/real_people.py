@@ -190,7 +190,7 @@ def run_set(name: str, people: list[Person], url: str, max_tokens: int, save: Pa
     print(f"\n{name}: {n_listed} listed people, {len({p.term for p in unlisted})} not listed, "
           f"{sum(len(p.probes) for p in listed)} answers about listed people, max_tokens {max_tokens}, greedy")  # fmt: skip
     print(f"dates listed as facts: {sum(len(p.dates) for p in {p.term: p for p in listed}.values())}")
-    print("column     name or date   people   near spelling   surname only   reference answer   unlisted changed")
+    print("column           name or date   people   near spelling   surname only   reference answer   unlisted changed")
     for column in COLUMNS:
         found = [leaks(p, t) for p in listed for t in p.answers[column]]
         people_leaking = {p.term for p in listed if any(leaks(p, t) == "full" for t in p.answers[column])}
@@ -198,7 +198,7 @@ def run_set(name: str, people: list[Person], url: str, max_tokens: int, save: Pa
                      for p in listed for (q, ref), t in zip(p.probes, p.answers[column], strict=True)]  # fmt: skip
         changed = sum(a != b for p in unlisted for a, b in zip(p.answers["none"], p.answers[column], strict=True))
         n_unlisted = sum(len(p.answers["none"]) for p in unlisted)
-        print(f"{column:<10} {found.count('full'):>5}/{len(found):<8} {len(people_leaking):>3}/{n_listed:<4} "
+        print(f"{column:<16} {found.count('full'):>5}/{len(found):<8} {len(people_leaking):>3}/{n_listed:<4} "
               f"{found.count('near'):>6}/{len(found):<8} {found.count('surname'):>5}/{len(found):<8} "
               f"{sum(reference):>8}/{len(reference):<9} {changed:>5}/{n_unlisted}")  # fmt: skip
     noise = sum(a != b for p in people for a, b in zip(p.answers["none"], p.answers["again"], strict=True))
