@@ -39,3 +39,22 @@ def test_too_much_text_in_all_is_413(gateway_for) -> None:
     with gateway_for(moderation_max_chars=1000) as (client, _):
         resp = client.post("/v1/moderations", json={"input": ["x" * 600, "y" * 600]})
     assert resp.status_code == 413 and resp.json()["error"]["param"] == "input"
+
+
+NEAR = """\
+id: forget-herzog
+targets:
+  - id: herzog
+    terms: [Werner Herzog]
+    near_names: true
+"""
+
+
+def test_a_near_spelling_of_a_name_is_reported_as_near(gateway_for, policy_dir: Path) -> None:
+    (policy_dir / "forget-herzog.yaml").write_text(NEAR)
+    text = "Werner Herzöog's first film, then Werner Herzog's second."
+    with gateway_for() as (client, _):
+        resp = client.post("/v1/moderations", json={"input": text}, headers={"x-quell-policies": "forget-herzog"})
+    (result,) = resp.json()["results"]
+    found = {(d.get("match", "term"), text[d["span"][0] : d["span"][1]]) for d in result["quell"]["detections"]}
+    assert found == {("near", "Werner Herzöog"), ("term", "Werner Herzog")} and result["categories"]["herzog"]
