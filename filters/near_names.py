@@ -132,5 +132,7 @@ class NearNameStream(WordStream):
 
 def find_near_names(names: Sequence[NearName], text: str) -> list[Decision]:
     """Every near spelling in a complete text (the stream's decisions, for moderation and the admin test route)."""
+    if not names:  # every SurfaceLayer.decisions call comes here: most layers have no near names to read for
+        return []
     stream = NearNameStream(names=names)
     return list(stream.feed(text).decisions + stream.finish().decisions)
