@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,10 @@ MODEL = "SmolLM2-135M-Instruct"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`soak` tests (a second signal down the same shutdown path, many more cases) run only in `make soak`."""
+    """The real-vLLM (`e2e`) tests run last, so that the session's gateway boots while the in-process tests run
+    (`_session_gateway_boot`). `soak` tests (a second signal down the same shutdown path, many more cases) run only
+    in `make soak`."""
+    items.sort(key=lambda item: "e2e" in item.keywords)  # stable: the order within each part stays
     if os.environ.get("QUELL_SOAK") == "1":
         return
     skip = pytest.mark.skip(reason="soak: runs in `make soak` (QUELL_SOAK=1), not in `make test`")
@@ -50,24 +54,55 @@ class RunningGateway:
         return {"Authorization": f"Bearer {BACKEND_KEY}"}
 
 
-@pytest.fixture(scope="session")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    """One managed gateway, and so one vLLM with the plugin, for the whole session, with the shipped policies. Tests
-    that need vLLM itself (the plugin's own tests) talk to this one rather than starting another (30-60 s each)."""
+@dataclass(frozen=True)
+class GatewayBoot:
+    """The session gateway's process, started before anything waits for it."""
+
+    proc: subprocess.Popen
+    base_url: str
+    vllm_port: int
+    log: Path
+    index_dir: Path
+
+
+def _start_session_gateway(tmp_path_factory: pytest.TempPathFactory) -> GatewayBoot:
     port, vllm_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
     index_dir = log.parent / "indexes"
     env = {"QUELL_PORT": str(port), "QUELL_VLLM_PORT": str(vllm_port), "QUELL_POLICIES": str(ROOT / "policies"),
            "QUELL_AUDIT_URL": f"sqlite:///{log.parent / 'audit.db'}", "QUELL_INDEX_DIR": str(index_dir)}  # fmt: skip
     proc = start_gateway(log, env=env)
-    base = f"http://127.0.0.1:{port}"
+    return GatewayBoot(proc, f"http://127.0.0.1:{port}", vllm_port, log, index_dir)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_gateway_boot(request: pytest.FixtureRequest,
+                          tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayBoot | None]:  # fmt: skip
+    """Starts the session's gateway (and so its vLLM, 30-60 s) at the first test when any collected test needs it,
+    without waiting: the in-process tests, which run first, cover the start. `gateway` waits for it."""
+    if not any("gateway" in item.fixturenames for item in request.session.items):
+        yield None
+        return
+    boot = _start_session_gateway(tmp_path_factory)
     try:
-        ready = wait_ready(base, proc, log)
-        vllm_log = Path(ready["managed"]["log"])
-        yield RunningGateway(base, vllm_port, ROOT / "policies", log, vllm_log, index_dir)
+        yield boot
     finally:
-        stop(proc)
-        leftover = vllm_pids(vllm_port)
+        stop(boot.proc)  # (already stopped by `gateway` when a test used it)
+
+
+@pytest.fixture(scope="session")
+def gateway(_session_gateway_boot: GatewayBoot | None) -> Iterator[RunningGateway]:
+    """One managed gateway, and so one vLLM with the plugin, for the whole session, with the shipped policies. Tests
+    that need vLLM itself (the plugin's own tests) talk to this one rather than starting another (30-60 s each)."""
+    boot = _session_gateway_boot
+    assert boot is not None, "the session gateway was not started: no collected test named the `gateway` fixture"
+    try:
+        ready = wait_ready(boot.base_url, boot.proc, boot.log)
+        vllm_log = Path(ready["managed"]["log"])
+        yield RunningGateway(boot.base_url, boot.vllm_port, ROOT / "policies", boot.log, vllm_log, boot.index_dir)
+    finally:
+        stop(boot.proc)
+        leftover = vllm_pids(boot.vllm_port)
         assert not leftover, f"managed vLLM processes left behind: {leftover}"
 
 

@@ -4,9 +4,11 @@ well), and never leaves any of it running, even when the gateway itself is kille
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -59,8 +61,49 @@ class Managed:
     said_while_starting: set[str]
 
 
+@dataclass
+class Stoppable:
+    """A gateway for the stop test, in a mount namespace where /tmp is `private`."""
+
+    proc: subprocess.Popen
+    base: str
+    log: Path
+    private: Path
+
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="a private /tmp (mount namespace) needs root; CI runs as root")
+
+
+def start_stoppable(root: Path) -> Stoppable:
+    """The gateway and everything it starts see `private` as /tmp, so whatever they leave there is theirs alone."""
+    private = root / "private-tmp"
+    private.mkdir()
+    port, vllm_port = free_port(), free_port()
+    log = root / "gateway.log"
+    env = {"QUELL_VLLM_PORT": str(vllm_port), "QUELL_SHUTDOWN_GRACE_S": "4", "QUELL_SEMANTIC": "none"}
+    proc = start_gateway(log, "--port", str(port), env=env, private_tmp=private)
+    return Stoppable(proc, f"http://127.0.0.1:{port}", log, private)
+
+
 @pytest.fixture(scope="module")
-def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Managed]:
+def stoppable(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stoppable | None]:
+    """Started with `managed` (which requests it) and not waited for, so that the two vLLM starts overlap instead of
+    running one after the other; None when not root or when the stop test was not collected (nothing starts)."""
+    wanted = any("stoppable" in inspect.signature(item.function).parameters
+                 for item in request.session.items if isinstance(item, pytest.Function))  # fmt: skip
+    if os.geteuid() != 0 or not wanted:
+        yield None
+        return
+    gateway = start_stoppable(tmp_path_factory.mktemp("stoppable"))
+    try:
+        yield gateway
+    finally:
+        if gateway.proc.poll() is None:
+            stop(gateway.proc, signal.SIGKILL, timeout_s=10)
+
+
+@pytest.fixture(scope="module")
+def managed(tmp_path_factory: pytest.TempPathFactory, stoppable: Stoppable | None) -> Iterator[Managed]:
     """`quell serve` as a user runs it: no QUELL_VLLM_PORT, no key given (so a free port and a random key); its start
     time-out is 5 s, far shorter than a vLLM start, which must not matter."""
     root = tmp_path_factory.mktemp("lifecycle")
@@ -162,20 +205,10 @@ def test_gateway_killed_with_sigkill_leaves_no_survivor(managed: Managed) -> Non
     assert wait_gone(everything, 90) == set(), "processes outlived a gateway killed with SIGKILL"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a private /tmp (mount namespace) needs root; CI runs as root")
-# Ctrl-C and SIGTERM take the same path through uvicorn's shutdown (its handle_exit), and each costs a vLLM start:
-# `make test` runs SIGTERM, `make soak` both.
-@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, marks=pytest.mark.soak), signal.SIGTERM],
-                         ids=["ctrl-c", "sigterm"])  # fmt: skip
-def test_stop_lets_streams_end_well_and_leaves_no_vllm_and_no_tmp_files(tmp_path: Path, sig: signal.Signals) -> None:
-    # The gateway and everything it starts see `private` as /tmp, so whatever they leave there is theirs alone.
-    private = tmp_path / "private-tmp"
-    private.mkdir()
-    port, vllm_port = free_port(), free_port()
-    log = tmp_path / "gateway.log"
-    env = {"QUELL_VLLM_PORT": str(vllm_port), "QUELL_SHUTDOWN_GRACE_S": "4", "QUELL_SEMANTIC": "none"}
-    proc = start_gateway(log, "--port", str(port), env=env, private_tmp=private)
-    base = f"http://127.0.0.1:{port}"
+def stop_mid_stream(gateway: Stoppable, sig: signal.Signals) -> None:
+    """Signal the gateway while a long stream runs: the stream runs through the shutdown grace and ends with an
+    error event, the gateway exits cleanly, and neither vLLM processes nor files in /tmp are left."""
+    proc, base, log = gateway.proc, gateway.base, gateway.log
     signalled = False
     try:
         wait_ready(base, proc, log)
@@ -211,4 +244,18 @@ def test_stop_lets_streams_end_well_and_leaves_no_vllm_and_no_tmp_files(tmp_path
     assert code in (0, -sig), log.read_text()[-2000:]
     assert "Application shutdown complete" in log.read_text()
     assert processes_in_group(group) == [], "managed vLLM processes outlived the gateway"
-    assert sorted(os.listdir(private)) == [], "stray files left in /tmp"
+    assert sorted(os.listdir(gateway.private)) == [], "stray files left in /tmp"
+
+
+# Ctrl-C and SIGTERM take the same path through uvicorn's shutdown (its handle_exit), and each costs a vLLM start:
+# `make test` runs SIGTERM (on the gateway started alongside the module's), `make soak` also Ctrl-C.
+@ROOT_ONLY
+def test_sigterm_lets_streams_end_well_and_leaves_no_vllm_and_no_tmp_files(stoppable: Stoppable | None) -> None:
+    assert stoppable is not None
+    stop_mid_stream(stoppable, signal.SIGTERM)
+
+
+@ROOT_ONLY
+@pytest.mark.soak
+def test_ctrl_c_lets_streams_end_well_and_leaves_no_vllm_and_no_tmp_files(tmp_path: Path) -> None:
+    stop_mid_stream(start_stoppable(tmp_path), signal.SIGINT)
