@@ -65,16 +65,6 @@ class GatewayBoot:
     index_dir: Path
 
 
-def _start_session_gateway(tmp_path_factory: pytest.TempPathFactory) -> GatewayBoot:
-    port, vllm_port = free_port(), free_port()
-    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    index_dir = log.parent / "indexes"
-    env = {"QUELL_PORT": str(port), "QUELL_VLLM_PORT": str(vllm_port), "QUELL_POLICIES": str(ROOT / "policies"),
-           "QUELL_AUDIT_URL": f"sqlite:///{log.parent / 'audit.db'}", "QUELL_INDEX_DIR": str(index_dir)}  # fmt: skip
-    proc = start_gateway(log, env=env)
-    return GatewayBoot(proc, f"http://127.0.0.1:{port}", vllm_port, log, index_dir)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _session_gateway_boot(request: pytest.FixtureRequest,
                           tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayBoot | None]:  # fmt: skip
@@ -83,7 +73,12 @@ def _session_gateway_boot(request: pytest.FixtureRequest,
     if not any("gateway" in item.fixturenames for item in request.session.items):
         yield None
         return
-    boot = _start_session_gateway(tmp_path_factory)
+    port, vllm_port = free_port(), free_port()
+    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    index_dir = log.parent / "indexes"
+    env = {"QUELL_PORT": str(port), "QUELL_VLLM_PORT": str(vllm_port), "QUELL_POLICIES": str(ROOT / "policies"),
+           "QUELL_AUDIT_URL": f"sqlite:///{log.parent / 'audit.db'}", "QUELL_INDEX_DIR": str(index_dir)}  # fmt: skip
+    boot = GatewayBoot(start_gateway(log, env=env), f"http://127.0.0.1:{port}", vllm_port, log, index_dir)
     try:
         yield boot
     finally:

@@ -4,7 +4,6 @@ well), and never leaves any of it running, even when the gateway itself is kille
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import signal
@@ -86,24 +85,7 @@ def start_stoppable(root: Path) -> Stoppable:
 
 
 @pytest.fixture(scope="module")
-def stoppable(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stoppable | None]:
-    """Started with `managed` (which requests it) and not waited for, so that the two vLLM starts overlap instead of
-    running one after the other; None when not root or when the stop test was not collected (nothing starts)."""
-    wanted = any("stoppable" in inspect.signature(item.function).parameters
-                 for item in request.session.items if isinstance(item, pytest.Function))  # fmt: skip
-    if os.geteuid() != 0 or not wanted:
-        yield None
-        return
-    gateway = start_stoppable(tmp_path_factory.mktemp("stoppable"))
-    try:
-        yield gateway
-    finally:
-        if gateway.proc.poll() is None:
-            stop(gateway.proc, signal.SIGKILL, timeout_s=10)
-
-
-@pytest.fixture(scope="module")
-def managed(tmp_path_factory: pytest.TempPathFactory, stoppable: Stoppable | None) -> Iterator[Managed]:
+def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Managed]:
     """`quell serve` as a user runs it: no QUELL_VLLM_PORT, no key given (so a free port and a random key); its start
     time-out is 5 s, far shorter than a vLLM start, which must not matter."""
     root = tmp_path_factory.mktemp("lifecycle")
@@ -248,11 +230,10 @@ def stop_mid_stream(gateway: Stoppable, sig: signal.Signals) -> None:
 
 
 # Ctrl-C and SIGTERM take the same path through uvicorn's shutdown (its handle_exit), and each costs a vLLM start:
-# `make test` runs SIGTERM (on the gateway started alongside the module's), `make soak` also Ctrl-C.
+# `make test` runs SIGTERM, `make soak` also Ctrl-C.
 @ROOT_ONLY
-def test_sigterm_lets_streams_end_well_and_leaves_no_vllm_and_no_tmp_files(stoppable: Stoppable | None) -> None:
-    assert stoppable is not None
-    stop_mid_stream(stoppable, signal.SIGTERM)
+def test_sigterm_lets_streams_end_well_and_leaves_no_vllm_and_no_tmp_files(tmp_path: Path) -> None:
+    stop_mid_stream(start_stoppable(tmp_path), signal.SIGTERM)
 
 
 @ROOT_ONLY
