@@ -32,7 +32,7 @@ THRESHOLDS = (5, 6, 7, 8, 9, 10, 12, 99)
 """`reader` with `inside` from this many word characters (99: never inside, i.e. `prefix`)."""
 
 
-def _rows(name: str) -> list[dict]:
+def rows(name: str) -> list[dict]:
     path = DATA / name
     if not path.is_file():
         raise SystemExit(f"{path} not found: the evaluation data lives in ../shared/eval-data (see its README)")
@@ -50,10 +50,10 @@ def panel() -> dict[str, list[str]]:
         policy = load_policy_file(ROOT / "policies" / name)
         for target in policy.targets:
             targets[f"policy:{policy.id}/{target.id}"] = list(target.terms)
-    for row in _rows("concept_probes_conceptvectors.jsonl"):
+    for row in rows("concept_probes_conceptvectors.jsonl"):
         if row.get("target"):
             targets.setdefault(f"concept:{row['target']}", [row["target"]])
-    for row in _rows("person_probes_return.jsonl"):
+    for row in rows("person_probes_return.jsonl"):
         name = (row.get("target") or "").split(",")[0].strip()
         if name:
             targets.setdefault(f"person:{name}", [name])
@@ -62,13 +62,13 @@ def panel() -> dict[str, list[str]]:
 
 def text_sets(report: bool) -> dict[str, list[str]]:
     sets = {
-        "benign": [r["prompt"] for r in _rows("benign_prompts.jsonl")],
-        "conceptvectors-unrelated": [_text(r) for r in _rows("concept_probes_conceptvectors.jsonl")
+        "benign": [r["prompt"] for r in rows("benign_prompts.jsonl")],
+        "conceptvectors-unrelated": [_text(r) for r in rows("concept_probes_conceptvectors.jsonl")
                                      if r.get("role") == "unrelated"],
-        "return-retain": [_text(r) for r in _rows("person_probes_return.jsonl") if r.get("split") == "retain_eval"],
+        "return-retain": [_text(r) for r in rows("person_probes_return.jsonl") if r.get("split") == "retain_eval"],
     }  # fmt: skip
     if report:
-        sets["REPORT-ONLY hp-neighbours"] = [_text(r) for r in _rows("hp_neighbor_probes.jsonl")]
+        sets["REPORT-ONLY hp-neighbours"] = [_text(r) for r in rows("hp_neighbor_probes.jsonl")]
     return sets
 
 
@@ -89,27 +89,42 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="also the report-only Harry Potter neighbour set")
     parser.add_argument("--examples", type=int, default=12, help="over-blocked texts to print per set")
     args = parser.parse_args()
-    targets = panel()
-    term_target: dict[str, set[str]] = defaultdict(set)
-    for target, terms in targets.items():
-        for term in terms:
-            term_target[word_chars(term)].add(target)
-    terms = sorted({t for ts in targets.values() for t in ts})
-    long_term = {t: len(word_chars(t)) for t in terms}
-    automata = {"word": TermAutomaton(terms), "prefix": TermAutomaton(prefix=terms),
-                "inside": TermAutomaton(inside=terms)}  # fmt: skip
-    print(f"panel: {len(targets)} targets, {len(terms)} terms; current INSIDE_MIN_CHARS = {INSIDE_MIN_CHARS}")
-    policies = [t for t in targets if t.startswith("policy:")]
-    for name, texts in text_sets(args.report).items():
-        by_mode = {mode: hits(a, term_target, texts) for mode, a in automata.items()}
+    Panel(panel()).print_tables(text_sets(args.report), args.examples)
+
+
+class Panel:
+    """The panel's terms compiled once per mode; `print_tables` counts over-blocked texts per mode and threshold."""
+
+    def __init__(self, targets: dict[str, list[str]]) -> None:
+        self.targets = targets
+        self.term_target: dict[str, set[str]] = defaultdict(set)
+        for target, terms in targets.items():
+            for term in terms:
+                self.term_target[word_chars(term)].add(target)
+        terms = sorted({t for ts in targets.values() for t in ts})
+        self.length = {t: len(word_chars(t)) for t in terms}
+        self.automata = {"word": TermAutomaton(terms), "prefix": TermAutomaton(prefix=terms),
+                         "inside": TermAutomaton(inside=terms)}  # fmt: skip
+        self.policies = [t for t in targets if t.startswith("policy:")]
+        print(f"panel: {len(targets)} targets, {len(terms)} terms; current INSIDE_MIN_CHARS = {INSIDE_MIN_CHARS}")
+
+    def print_tables(self, sets: dict[str, list[str]], examples: int = 12) -> None:
+        for name, texts in sets.items():
+            thresholds = (
+                ("word", 99, INSIDE_MIN_CHARS) if name.startswith("REPORT") else ("word", *THRESHOLDS, "inside")
+            )
+            self._table(name, texts, thresholds, examples)
+
+    def _table(self, name: str, texts: list[str], thresholds: tuple, examples_max: int) -> None:
+        targets, policies, long_term = self.targets, self.policies, self.length
+        by_mode = {mode: hits(a, self.term_target, texts) for mode, a in self.automata.items()}
         print(f"\n== {name}: {len(texts)} texts")
         print(
             f"{'mode':<14}{'per-target rate':>18}{'texts hit by any':>18}"
             + "".join(f"{p.split('/')[0][7:]:>24}" for p in policies)
         )
-        rows = ("word", *THRESHOLDS, "inside") if not name.startswith("REPORT") else ("word", 99, INSIDE_MIN_CHARS)
         chosen_examples: list = []
-        for threshold in rows:  # report-only sets: the chosen setting and its neighbours in mode only, no sweep
+        for threshold in thresholds:  # report-only sets: the chosen setting and its neighbours in mode only, no sweep
             over_by_target: dict[str, int] = defaultdict(int)
             any_hit = 0
             examples = []
@@ -127,7 +142,7 @@ def main() -> None:
                         pairs |= {p for p in by_mode["inside"][i] if long_term[p[1]] >= threshold}
                     got = {tg for tg, _ in pairs}
                     over = got - word
-                    if over and len(examples) < args.examples:
+                    if over and len(examples) < examples_max:
                         examples.append((sorted(p for p in pairs if p[0] in over), text))
                 for tg in over if threshold != "word" else got:
                     over_by_target[tg] += 1
