@@ -172,10 +172,14 @@ def main() -> None:
         default=5.0,
         help="seconds between the gateway's single-token priming request and the first timed one",
     )
+    parser.add_argument("--counts", default="10,1000,10000", help="term-set sizes, comma-separated")
+    parser.add_argument("--batches", choices=["single", "concurrent", "both"], default="both",
+                        help="one request at a time, 8 in flight, or both")  # fmt: skip
     args = parser.parse_args()
     global MODE, WARM_BUDGET_S
     MODE, WARM_BUDGET_S = args.mode, args.warm_budget
-    term_sets = {count: TARGETS + synthetic_terms(count - len(TARGETS), seed=count) for count in (10, 1_000, 10_000)}
+    counts = [int(c) for c in args.counts.split(",")]
+    term_sets = {count: TARGETS + synthetic_terms(count - len(TARGETS), seed=count) for count in counts}
     if args.plugin_only:
         plugin_cost(term_sets, TEXTS)
         return
@@ -184,7 +188,9 @@ def main() -> None:
     with vllm_server(args.port or free_port()) as url:
         complete(url, "Hello", 8, None)  # warm-up
         texts = [generated_text(url, prompt, args.tokens) for prompt in PROMPTS[:4]]
-        for label, prompts in (("single", PROMPTS[:1]), ("8 concurrent", PROMPTS)):
+        batches = {"single": [("single", PROMPTS[:1])], "concurrent": [("8 concurrent", PROMPTS)]}
+        batches["both"] = batches["single"] + batches["concurrent"]
+        for label, prompts in batches[args.batches]:
             for count, terms in term_sets.items():
                 cold_ratios, primed_ratios, warm_ratios, bases = [], [], [], []
                 for repeat in range(args.repeats):

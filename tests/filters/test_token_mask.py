@@ -273,3 +273,33 @@ def test_real_unmasked_walks_do_match(real) -> None:
     assert find_matches(masks.automaton, text)
     matcher = StreamMatcher(masks.automaton)
     assert matcher.feed(text)
+
+
+def test_plugin_precomputes_start_masks_in_spare_time_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plugin's precomputing thread must not take CPU from decode steps: it runs as Linux `SCHED_IDLE`, and the
+    decoding thread keeps its own policy."""
+    import os
+    import threading
+
+    pytest.importorskip("vllm")
+    if not (MODEL_DIR / "tokenizer.json").exists():
+        pytest.skip(f"model not prepared at {MODEL_DIR} (run `make setup`)")
+    from filters import vllm_plugin
+    from tests.filters.greedy_copier import processor_and_tokenizer
+
+    policies: list[int] = []
+
+    def record(self: TokenMasks, depth: int = 2, budget_s: float | None = None, stop: object = None) -> int:
+        policies.append(os.sched_getscheduler(0))
+        return 0
+
+    monkeypatch.setattr(TokenMasks, "warm_start", record)
+    proc, _ = processor_and_tokenizer(MODEL_DIR)
+    before = os.sched_getscheduler(0)
+    terms = vllm_plugin.parse_terms({"quell_terms": ["Spider-Man"]})
+    proc._masks_for(vllm_plugin.term_set_key(terms), terms)
+    for thread in threading.enumerate():
+        if thread.name.startswith("quell-warm-"):
+            thread.join(timeout=30)
+    assert policies == [os.SCHED_IDLE]
+    assert os.sched_getscheduler(0) == before != os.SCHED_IDLE
