@@ -1,6 +1,7 @@
 """Decode throughput with the plugin at 10, 1,000 and 10,000 terms, as a ratio to requests without terms.
 
 Run: .venv/bin/python -m bench.decode_mask [--port 8160] [--tokens 128] [--repeats 3] [--mode reader]
+         [--counts 10,1000,10000] [--batches single|concurrent|both]
      .venv/bin/python -m bench.decode_mask --plugin-only [--mode word]   # the in-process part only, no vLLM
 `--mode` sends the terms as the gateway does for a policy with that `match:` (reader: the default).
 One vLLM (CPU build, plugin loaded) serves every configuration in the same run. The baseline is a request without
