@@ -74,6 +74,17 @@ WARM_BUDGET_S = 30.0
 thread for at most this long, so that first visits to those states are not paid on the decode step."""
 
 
+def _log_through_vllm() -> None:
+    """vLLM gives handlers to its own `vllm` logger only, so in its worker the plugin's INFO lines (ready, masks
+    precomputed) fell to the root logger's WARNING level and were lost: write them through vLLM's handlers."""
+    vllm_log = logging.getLogger("vllm")
+    for handler in vllm_log.handlers:
+        if handler not in log.handlers:
+            log.addHandler(handler)
+    if vllm_log.handlers and log.level == logging.NOTSET:
+        log.setLevel(vllm_log.getEffectiveLevel())
+
+
 def _spare_time_only() -> None:
     """Run the calling thread only when a core would otherwise be idle (Linux `SCHED_IDLE`, else the lowest nice).
 
@@ -247,6 +258,7 @@ class QuellLogitsProcessor(LogitsProcessor):
         parse_armed_facts(sampling_params.extra_args)
 
     def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool):
+        _log_through_vllm()
         model_config = vllm_config.model_config
         self.device = torch.device(device)
         self.width = model_config.get_vocab_size()

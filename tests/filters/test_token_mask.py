@@ -303,3 +303,30 @@ def test_plugin_precomputes_start_masks_in_spare_time_only(monkeypatch: pytest.M
             thread.join(timeout=30)
     assert policies == [os.SCHED_IDLE]
     assert os.sched_getscheduler(0) == before != os.SCHED_IDLE
+
+
+def test_plugin_logs_through_vllms_handlers() -> None:
+    """In vLLM's worker only the `vllm` logger has handlers (vLLM configures them before it builds logits
+    processors): the plugin's INFO lines must reach them. The handler here stands in for vLLM's stream handler."""
+    import io
+    import logging
+
+    pytest.importorskip("vllm")
+    if not (MODEL_DIR / "tokenizer.json").exists():
+        pytest.skip(f"model not prepared at {MODEL_DIR} (run `make setup`)")
+    from filters import vllm_plugin
+    from tests.filters.greedy_copier import processor_and_tokenizer
+
+    vllm_log, stream = logging.getLogger("vllm"), io.StringIO()
+    handler = logging.StreamHandler(stream)
+    saved = (vllm_log.level, vllm_plugin.log.level, list(vllm_plugin.log.handlers))
+    vllm_log.addHandler(handler)
+    vllm_log.setLevel(logging.INFO)
+    try:
+        processor_and_tokenizer(MODEL_DIR)
+        assert "Quell decode-time masking ready" in stream.getvalue()
+    finally:
+        vllm_log.removeHandler(handler)
+        vllm_log.setLevel(saved[0])
+        vllm_plugin.log.setLevel(saved[1])
+        vllm_plugin.log.handlers[:] = saved[2]
