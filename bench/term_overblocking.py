@@ -134,7 +134,6 @@ class Panel:
                     got = word
                     over = set()
                 else:
-                    pairs = by_mode["prefix"][i] if threshold != "inside" else set()
                     if threshold == "inside":
                         pairs = by_mode["inside"][i]
                     else:

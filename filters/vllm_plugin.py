@@ -75,14 +75,15 @@ thread for at most this long, so that first visits to those states are not paid 
 
 
 def _log_through_vllm() -> None:
-    """vLLM gives handlers to its own `vllm` logger only, so in its worker the plugin's INFO lines (ready, masks
-    precomputed) fell to the root logger's WARNING level and were lost: write them through vLLM's handlers."""
-    vllm_log = logging.getLogger("vllm")
+    """vLLM gives handlers to its own `vllm` logger only, so in its worker the library's INFO lines (ready, masks
+    precomputed) fell to the root logger's WARNING level and were lost, and its warnings came out unformatted: the
+    whole `filters` package writes through vLLM's handlers, at vLLM's level."""
+    vllm_log, package = logging.getLogger("vllm"), logging.getLogger(__name__.partition(".")[0])
     for handler in vllm_log.handlers:
-        if handler not in log.handlers:
-            log.addHandler(handler)
-    if vllm_log.handlers and log.level == logging.NOTSET:
-        log.setLevel(vllm_log.getEffectiveLevel())
+        if handler not in package.handlers:
+            package.addHandler(handler)
+    if vllm_log.handlers and package.level == logging.NOTSET:
+        package.setLevel(vllm_log.getEffectiveLevel())
 
 
 def _spare_time_only() -> None:

@@ -314,12 +314,11 @@ def test_plugin_logs_through_vllms_handlers() -> None:
     pytest.importorskip("vllm")
     if not (MODEL_DIR / "tokenizer.json").exists():
         pytest.skip(f"model not prepared at {MODEL_DIR} (run `make setup`)")
-    from filters import vllm_plugin
     from tests.filters.greedy_copier import processor_and_tokenizer
 
-    vllm_log, stream = logging.getLogger("vllm"), io.StringIO()
+    vllm_log, package, stream = logging.getLogger("vllm"), logging.getLogger("filters"), io.StringIO()
     handler = logging.StreamHandler(stream)
-    saved = (vllm_log.level, vllm_plugin.log.level, list(vllm_plugin.log.handlers))
+    saved = (vllm_log.level, package.level, list(package.handlers))
     vllm_log.addHandler(handler)
     vllm_log.setLevel(logging.INFO)
     try:
@@ -328,5 +327,5 @@ def test_plugin_logs_through_vllms_handlers() -> None:
     finally:
         vllm_log.removeHandler(handler)
         vllm_log.setLevel(saved[0])
-        vllm_plugin.log.setLevel(saved[1])
-        vllm_plugin.log.handlers[:] = saved[2]
+        package.setLevel(saved[1])
+        package.handlers[:] = saved[2]
