@@ -19,7 +19,8 @@ its matches (so `\\d{10,}` acts like `\\d{10}`); there are no anchors.
 The supported subset is what `interegular` (the regex-to-FSM library outlines uses) compiles: literals, classes,
 `. | * + ? {m,n}`, groups, `\\d \\w \\s` and their negations, `(?i)`. Rejected at load with the reason: invalid syntax,
 backreferences, lookaround, anchors (`^ $ \\b`), a pattern that matches the empty string, one whose shortest match is
-under `MIN_PATTERN_SYMBOLS` symbols, one with more than `MAX_PATTERN_STATES` DFA states, and one that matches inside
+under `MIN_PATTERN_SYMBOLS` symbols, one with more than `MAX_PATTERN_STATES` DFA states (refused before
+determinising when its match lengths or its repeats written out already show it), and one that matches inside
 ordinary text (`ORDINARY_TEXT`, "almost anything").
 """
 
@@ -41,6 +42,9 @@ MIN_PATTERN_SYMBOLS = 5
 """The shortest text a pattern matches must have at least this many symbols: shorter ones hit ordinary text."""
 MAX_PATTERN_STATES = 2000
 """Determinised size budget per pattern (the lazy product with the terms multiplies states, so keep them small)."""
+MAX_WRITTEN_SIZE = 4 * MAX_PATTERN_STATES
+"""Budget on a pattern's size with its repeats written out, checked before determinising (which is slow on big
+repeats); identifier patterns are tens of symbols."""
 ORDINARY_TEXT = (
     "The meeting is on Tuesday, 3 May 2021 at 10:30 in room 42; about 1,500 people came and paid $25 each.",
     "In 1990 the population was 12,345 and by 2020 it had grown by 18 percent to 14,567.",
@@ -121,6 +125,41 @@ def _pattern_symbols(text: str) -> str:
     return "".join(out)
 
 
+def _check_size_before_determinising(tree: Any) -> None:
+    """Refuse a pattern that is over the state budget before determinising it, which takes seconds per thousand
+    repeats and grows faster than the repeats (`\\d{20000}` took 48 s): a policy load must not stall on one line.
+
+    Exact for lengths: a minimal DFA's states along a shortest match are all different, and so are those along a
+    longest one when the language is finite, so either length reaching the budget means more states than it allows.
+    For the rest (big repeats under `?` or `*`) a bound on the written size: repeats multiplied out."""
+    shortest, longest = tree.lengths
+    for what, length in (("shortest", shortest), ("longest", longest)):
+        if length is not None and length >= MAX_PATTERN_STATES:
+            raise PatternError(
+                f"its {what} match has {length} symbols, so it needs more than {length} states, over the budget of "
+                f"{MAX_PATTERN_STATES}"
+            )
+    written = _written_size(tree)
+    if written > MAX_WRITTEN_SIZE:
+        raise PatternError(
+            f"its repeats multiply out to {written} symbols, over the budget of {MAX_WRITTEN_SIZE} "
+            f"(write smaller repeats)"
+        )
+
+
+def _written_size(node: Any) -> int:
+    """Symbols in the pattern with every repeat written out (`{m,n}` counts n times; `*` and `+` count once more
+    than their minimum)."""
+    if isinstance(node, interegular.patterns._Repeated):  # (the parse tree has no public classes)
+        times = node.max if node.max is not None else node.min + 1
+        return _written_size(node.base) * max(times, 1)
+    children = getattr(node, "options", None) or getattr(node, "parts", None)
+    if children is not None:
+        return sum(_written_size(child) for child in children)
+    inner = getattr(node, "inner", None)
+    return _written_size(inner) if inner is not None else 1
+
+
 @lru_cache(maxsize=1024)
 def compile_pattern(source: str) -> CompiledPattern:
     """Parse, determinise and check one pattern; PatternError says what is wrong."""
@@ -129,12 +168,15 @@ def compile_pattern(source: str) -> CompiledPattern:
     if _LOOKAROUND.search(source):
         raise PatternError("lookaround ((?=, (?!, (?<=, (?<!) is not supported: patterns compile to a finite automaton")
     try:
-        parsed: Any = interegular.parse_pattern(source).to_fsm()  # reduce() is untyped
-        fsm = parsed.reduce()
+        tree: Any = interegular.parse_pattern(source)  # untyped library
+        _check_size_before_determinising(tree)
+        fsm = tree.to_fsm().reduce()
     except interegular.patterns.Unsupported as exc:
         raise PatternError(f"unsupported regex feature: {exc} (backreferences and anchors are not supported)") from None
     except interegular.patterns.InvalidSyntax as exc:
         raise PatternError(f"invalid regex: {str(exc) or 'syntax error'}") from None
+    except PatternError:
+        raise
     except Exception as exc:  # noqa: BLE001 - the parser raises assorted errors on odd input; all mean "invalid"
         raise PatternError(f"invalid regex: {type(exc).__name__}: {exc}") from None
     if len(fsm.states) > MAX_PATTERN_STATES:

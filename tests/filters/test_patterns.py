@@ -36,7 +36,12 @@ EMAIL = r"[a-z0-9]+ ?@ ?[a-z0-9]+( [a-z0-9]+)* [a-z]{2,}"
         (r"[A-Z]{2}\d{5}", "can never match normalised text"),
         (r"\d{3}-\d{4}", "can never match normalised text"),
         (r"[a-z ]{5}", "matches almost anything"),
-        (r"(a|b|c|d|e|f|g|h|i|j)(\d){5000}", "over the budget"),
+        (r"(a|b)*a(a|b){10}", "determinises to 2048 states, over the budget"),
+        # refused before determinising (which took 3 s for the first and 48 s for the second)
+        (r"(a|b|c|d|e|f|g|h|i|j)(\d){5000}", "shortest match has 5001 symbols, so it needs more than 5001 states"),
+        (r"\d{20000}", "shortest match has 20000 symbols"),
+        (r"x\d{5,30000}", "longest match has 30001 symbols"),
+        (r"(\d{20000})?x*abcde", "repeats multiply out to 20006 symbols"),
     ],
 )
 def test_rejected_with_reason(regex: str, reason: str) -> None:
