@@ -5,12 +5,22 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import Result
+from typer.testing import CliRunner
 
 from filters.policy_loader import PolicyError, load_policy_dir, load_policy_file, parse_policy
+from service.cli import app
 from service.policy_registry import PolicyRegistry
 from tests.procs import ROOT
 
 QUELL = str(Path(sys.executable).parent / "quell")
+
+
+def quell(*args: str, input: str | None = None, columns: int = 200) -> Result:
+    """`quell ARGS` in this process (a subprocess costs a second of imports each); one test runs the installed
+    command itself."""
+    return CliRunner(env={"COLUMNS": str(columns)}).invoke(app, list(args), input=input)
+
 
 GOOD = """\
 id: demo
@@ -85,43 +95,36 @@ def test_registry_keeps_last_good_version_of_a_broken_file(tmp_path: Path) -> No
 
 
 def test_cli_validate_ok_and_errors(tmp_path: Path) -> None:
-    ok = subprocess.run(
+    ok = subprocess.run(  # the installed console script, once
         [QUELL, "policy", "validate", str(ROOT / "policies")], capture_output=True, check=False, text=True
     )
     assert ok.returncode == 0 and "OK" in ok.stdout and "spiderman@" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("id: x\ntargets:\n  - id: a\n    terms: [abc]\n    on_surface: zap\n")
-    res = subprocess.run([QUELL, "policy", "validate", str(bad)], capture_output=True, check=False, text=True)
-    assert res.returncode == 1
+    res = quell("policy", "validate", str(bad), columns=60)
+    assert res.exit_code == 1
     # One line per error, however long the path and whatever the terminal width: grep and editors can jump to it.
     (line,) = res.stdout.splitlines()
     assert line.startswith(f"ERROR {bad}:5: targets[0].on_surface: Input should be 'mask'"), line
-    missing = subprocess.run(
-        [QUELL, "policy", "validate", str(tmp_path / "nope")], capture_output=True, check=False, text=True
-    )
-    assert missing.returncode == 2
+    assert quell("policy", "validate", str(tmp_path / "nope")).exit_code == 2
 
 
 def test_cli_policy_test_exit_codes_and_spans() -> None:
     policy = str(ROOT / "policies" / "spiderman.yaml")
-    fired = subprocess.run([QUELL, "policy", "test", policy, "I met s.p.i.d.e.r.m.a.n yesterday"],
-                           capture_output=True, check=False, text=True, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})  # fmt: skip
-    assert fired.returncode == 1 and "6-23" in fired.stdout and "spider-man" in fired.stdout
-    quiet = subprocess.run([QUELL, "policy", "test", policy], input="A garden spider spun its web.", capture_output=True, check=False,
-                           text=True)  # fmt: skip
-    assert quiet.returncode == 0 and "nothing fired" in quiet.stdout
+    fired = quell("policy", "test", policy, "I met s.p.i.d.e.r.m.a.n yesterday")
+    assert fired.exit_code == 1 and "6-23" in fired.stdout and "spider-man" in fired.stdout
+    quiet = quell("policy", "test", policy, input="A garden spider spun its web.")
+    assert quiet.exit_code == 0 and "nothing fired" in quiet.stdout
 
 
 def test_cli_policy_test_reads_like_a_person() -> None:
     """The shipped policy uses the default (reader) contract: glued starts, case changes and leetspeak fire."""
     policy = str(ROOT / "policies" / "spiderman.yaml")
     for text in ("Go #TeamSpiderman!", "xXSp1derM4nXx", "Spidermanizzato", "$pidey rules"):
-        res = subprocess.run([QUELL, "policy", "test", policy, text], capture_output=True, text=True, check=False,
-                             env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})  # fmt: skip
-        assert res.returncode == 1 and "spider-man" in res.stdout, (text, res.stdout)
-    quiet = subprocess.run([QUELL, "policy", "test", policy], capture_output=True, text=True, check=False,
-                           input="In 1154 the spider crawled; the man paid $300.")  # fmt: skip
-    assert quiet.returncode == 0 and "nothing fired" in quiet.stdout
+        res = quell("policy", "test", policy, text)
+        assert res.exit_code == 1 and "spider-man" in res.stdout, (text, res.stdout)
+    quiet = quell("policy", "test", policy, input="In 1154 the spider crawled; the man paid $300.")
+    assert quiet.exit_code == 0 and "nothing fired" in quiet.stdout
 
 
 def test_match_mode_errors_name_the_field() -> None:
@@ -135,14 +138,12 @@ def test_match_mode_errors_name_the_field() -> None:
 def test_cli_policy_list_flags_broken_files(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(GOOD)
     (tmp_path / "b.yaml").write_text("id: b\ntargets: []\n")
-    res = subprocess.run([QUELL, "policy", "list", str(tmp_path)], capture_output=True, check=False, text=True,
-                         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})  # fmt: skip
-    assert res.returncode == 1 and "demo" in res.stdout and "b.yaml:2: targets" in res.stdout
+    res = quell("policy", "list", str(tmp_path))
+    assert res.exit_code == 1 and "demo" in res.stdout and "b.yaml:2: targets" in res.stdout
 
 
 def test_cli_policy_test_semantic_layers() -> None:
     policy = str(ROOT / "policies" / "spiderman.yaml")
     text = "The web-slinger from Queens swung between skyscrapers after a radioactive spider bit him."
-    res = subprocess.run([QUELL, "policy", "test", "--semantic", policy, text], capture_output=True, check=False, text=True,
-                         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})  # fmt: skip
-    assert res.returncode == 1 and "classifier" in res.stdout, res.stdout + res.stderr
+    res = quell("policy", "test", "--semantic", policy, text)
+    assert res.exit_code == 1 and "classifier" in res.stdout, res.output
