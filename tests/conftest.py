@@ -15,8 +15,8 @@ from hypothesis import settings as hypothesis_settings
 hypothesis_settings.register_profile("quell", deadline=None)
 hypothesis_settings.load_profile("quell")
 
-from tests import boots
-from tests.procs import BACKEND_KEY, ROOT, free_port, start_gateway, stop, vllm_pids, wait_ready
+from tests import boots, procs
+from tests.procs import BACKEND_KEY, ROOT, free_port, start_gateway, stop, vllm_pids
 
 MODEL = "SmolLM2-135M-Instruct"
 
@@ -65,6 +65,9 @@ class GatewayBoot:
     log: Path
     index_dir: Path
 
+    def wait_ready(self) -> dict:
+        return procs.wait_ready(self.base_url, self.proc, self.log)
+
 
 def start_session_gateway(tmp_path_factory: pytest.TempPathFactory) -> GatewayBoot:
     port, vllm_port = free_port(), free_port()
@@ -94,7 +97,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
     that need vLLM itself (the plugin's own tests) talk to this one rather than starting another (30-60 s each)."""
     boot: GatewayBoot = boots.take("gateway", tmp_path_factory)
     try:
-        ready = wait_ready(boot.base_url, boot.proc, boot.log)
+        ready = boot.wait_ready()
         vllm_log = Path(ready["managed"]["log"])
         yield RunningGateway(boot.base_url, boot.vllm_port, ROOT / "policies", boot.log, vllm_log, boot.index_dir)
     finally:

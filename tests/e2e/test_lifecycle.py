@@ -63,6 +63,12 @@ class Managed:
     watch: threading.Thread | None = None
     failed: list[BaseException] = field(default_factory=list)
 
+    def wait_ready(self) -> None:
+        assert self.watch is not None
+        self.watch.join()
+        if self.failed:
+            raise self.failed[0]
+
 
 def start_managed(tmp_path_factory: pytest.TempPathFactory) -> Managed:
     """`quell serve` as a user runs it: no QUELL_VLLM_PORT, no key given (so a free port and a random key); its start
@@ -103,10 +109,7 @@ boots.register("managed", start_managed)
 def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Managed]:
     booted: Managed = boots.take("managed", tmp_path_factory)
     try:
-        assert booted.watch is not None
-        booted.watch.join()
-        if booted.failed:
-            raise booted.failed[0]
+        booted.wait_ready()
         yield booted
     finally:
         stop(booted.proc)
@@ -120,6 +123,9 @@ class Stoppable:
     base: str
     log: Path
     private: Path
+
+    def wait_ready(self) -> dict:
+        return wait_ready(self.base, self.proc, self.log)
 
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="a private /tmp (mount namespace) needs root; CI runs as root")
