@@ -90,7 +90,8 @@ def main() -> None:
         CACHE.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(runs))
     check_mask(prompts, runs, terms, matcher)
-    Panel(targets).print_tables({f"model answers, {name}": runs[name]["none"] for name in prompts}, args.examples)
+    # the set keeps its name first: Panel prints only the chosen setting for a set whose name starts with REPORT
+    Panel(targets).print_tables({f"{name}, model answers": runs[name]["none"] for name in prompts}, args.examples)
 
 
 def generate(url: str, prompts: dict[str, list[str]], tokens: int, terms: list[str]) -> dict[str, dict]:
