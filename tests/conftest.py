@@ -15,15 +15,14 @@ from hypothesis import settings as hypothesis_settings
 hypothesis_settings.register_profile("quell", deadline=None)
 hypothesis_settings.load_profile("quell")
 
-from tests import boots, procs
-from tests.procs import BACKEND_KEY, ROOT, free_port, start_gateway, stop, vllm_pids
+from tests.procs import BACKEND_KEY, ROOT, free_port, start_gateway, stop, vllm_pids, wait_ready
 
 MODEL = "SmolLM2-135M-Instruct"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The real-vLLM (`e2e`) tests run last, so that their gateways boot while the in-process tests run
-    (`_early_boots`). `soak` tests (a second signal down the same shutdown path, many more cases) run only
+    """The real-vLLM (`e2e`) tests run last, so that the session's gateway boots while the in-process tests run
+    (`_session_gateway_boot`). `soak` tests (a second signal down the same shutdown path, many more cases) run only
     in `make soak`."""
     items.sort(key=lambda item: "e2e" in item.keywords)  # stable: the order within each part stays
     if os.environ.get("QUELL_SOAK") == "1":
@@ -65,39 +64,35 @@ class GatewayBoot:
     log: Path
     index_dir: Path
 
-    def wait_ready(self) -> dict:
-        return procs.wait_ready(self.base_url, self.proc, self.log)
 
-
-def start_session_gateway(tmp_path_factory: pytest.TempPathFactory) -> GatewayBoot:
+@pytest.fixture(scope="session", autouse=True)
+def _session_gateway_boot(request: pytest.FixtureRequest,
+                          tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayBoot | None]:  # fmt: skip
+    """Starts the session's gateway (and so its vLLM, 30-60 s) at the first test when any collected test needs it,
+    without waiting: the in-process tests, which run first, cover the start. `gateway` waits for it."""
+    if not any("gateway" in item.fixturenames for item in request.session.items):
+        yield None
+        return
     port, vllm_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
     index_dir = log.parent / "indexes"
     env = {"QUELL_PORT": str(port), "QUELL_VLLM_PORT": str(vllm_port), "QUELL_POLICIES": str(ROOT / "policies"),
            "QUELL_AUDIT_URL": f"sqlite:///{log.parent / 'audit.db'}", "QUELL_INDEX_DIR": str(index_dir)}  # fmt: skip
-    return GatewayBoot(start_gateway(log, env=env), f"http://127.0.0.1:{port}", vllm_port, log, index_dir)
-
-
-boots.register("gateway", start_session_gateway)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _early_boots(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
-    """Starts, at the first test, every gateway that a collected test will need (tests.boots): the in-process tests,
-    which run first, cover their starts."""
+    boot = GatewayBoot(start_gateway(log, env=env), f"http://127.0.0.1:{port}", vllm_port, log, index_dir)
     try:
-        yield boots.start_needed(request.session.items, tmp_path_factory)
+        yield boot
     finally:
-        boots.stop_all()
+        stop(boot.proc)  # (already stopped by `gateway` when a test used it)
 
 
 @pytest.fixture(scope="session")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+def gateway(_session_gateway_boot: GatewayBoot | None) -> Iterator[RunningGateway]:
     """One managed gateway, and so one vLLM with the plugin, for the whole session, with the shipped policies. Tests
     that need vLLM itself (the plugin's own tests) talk to this one rather than starting another (30-60 s each)."""
-    boot: GatewayBoot = boots.take("gateway", tmp_path_factory)
+    boot = _session_gateway_boot
+    assert boot is not None, "the session gateway was not started: no collected test named the `gateway` fixture"
     try:
-        ready = boot.wait_ready()
+        ready = wait_ready(boot.base_url, boot.proc, boot.log)
         vllm_log = Path(ready["managed"]["log"])
         yield RunningGateway(boot.base_url, boot.vllm_port, ROOT / "policies", boot.log, vllm_log, boot.index_dir)
     finally:

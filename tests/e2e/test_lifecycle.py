@@ -11,13 +11,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests import boots
 from tests.procs import ROOT, descendants, free_port, processes_in_group, start_gateway, stop, wait_gone, wait_ready
 
 pytestmark = pytest.mark.e2e
@@ -56,63 +55,9 @@ def poll(what, deadline_s: float, describe=lambda: ""):
 @dataclass
 class Managed:
     base: str
-    proc: subprocess.Popen
+    proc: object
     log: Path
-    said_while_starting: set[str] = field(default_factory=set)
-    """Every error /readyz gave while the gateway started (read from its start on, by `watch`)."""
-    watch: threading.Thread | None = None
-    failed: list[BaseException] = field(default_factory=list)
-
-    def wait_ready(self) -> None:
-        assert self.watch is not None
-        self.watch.join()
-        if self.failed:
-            raise self.failed[0]
-
-
-def start_managed(tmp_path_factory: pytest.TempPathFactory) -> Managed:
-    """`quell serve` as a user runs it: no QUELL_VLLM_PORT, no key given (so a free port and a random key); its start
-    time-out is 5 s, far shorter than a vLLM start, which must not matter. A thread reads /readyz from the first
-    moment, so what the gateway says while it starts is seen even when the start runs before this module's tests."""
-    root = tmp_path_factory.mktemp("lifecycle")
-    port = free_port()
-    log = root / "gateway.log"
-    env = {"QUELL_PORT": str(port), "QUELL_POLICIES": str(ROOT / "policies"), "QUELL_SEMANTIC": "none",
-           "QUELL_AUDIT_URL": f"sqlite:///{root / 'audit.db'}", "QUELL_VLLM_RESTART_BACKOFF_S": "0.5",
-           "QUELL_VLLM_START_TIMEOUT_S": "5"}  # fmt: skip
-    managed = Managed(f"http://127.0.0.1:{port}", start_gateway(log, env=env, shared_backend_key=False), log)
-
-    def started() -> bool:
-        assert managed.proc.poll() is None, log.read_text()[-3000:]
-        try:
-            resp = readyz(managed.base)
-        except httpx.HTTPError:
-            return False
-        managed.said_while_starting.add(resp.json().get("error") or "")
-        return resp.status_code == 200
-
-    def watch() -> None:
-        try:
-            poll(started, 600, lambda: log.read_text()[-3000:])
-        except BaseException as exc:  # noqa: BLE001 - handed to the fixture, which fails with it
-            managed.failed.append(exc)
-
-    managed.watch = threading.Thread(target=watch, name="lifecycle-readyz", daemon=True)
-    managed.watch.start()
-    return managed
-
-
-boots.register("managed", start_managed)
-
-
-@pytest.fixture(scope="module")
-def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Managed]:
-    booted: Managed = boots.take("managed", tmp_path_factory)
-    try:
-        booted.wait_ready()
-        yield booted
-    finally:
-        stop(booted.proc)
+    said_while_starting: set[str]
 
 
 @dataclass
@@ -123,9 +68,6 @@ class Stoppable:
     base: str
     log: Path
     private: Path
-
-    def wait_ready(self) -> dict:
-        return wait_ready(self.base, self.proc, self.log)
 
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="a private /tmp (mount namespace) needs root; CI runs as root")
@@ -140,6 +82,36 @@ def start_stoppable(root: Path) -> Stoppable:
     env = {"QUELL_VLLM_PORT": str(vllm_port), "QUELL_SHUTDOWN_GRACE_S": "4", "QUELL_SEMANTIC": "none"}
     proc = start_gateway(log, "--port", str(port), env=env, private_tmp=private)
     return Stoppable(proc, f"http://127.0.0.1:{port}", log, private)
+
+
+@pytest.fixture(scope="module")
+def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Managed]:
+    """`quell serve` as a user runs it: no QUELL_VLLM_PORT, no key given (so a free port and a random key); its start
+    time-out is 5 s, far shorter than a vLLM start, which must not matter."""
+    root = tmp_path_factory.mktemp("lifecycle")
+    port = free_port()
+    log = root / "gateway.log"
+    env = {"QUELL_PORT": str(port), "QUELL_POLICIES": str(ROOT / "policies"), "QUELL_SEMANTIC": "none",
+           "QUELL_AUDIT_URL": f"sqlite:///{root / 'audit.db'}", "QUELL_VLLM_RESTART_BACKOFF_S": "0.5",
+           "QUELL_VLLM_START_TIMEOUT_S": "5"}  # fmt: skip
+    proc = start_gateway(log, env=env, shared_backend_key=False)
+    base = f"http://127.0.0.1:{port}"
+    said: set[str] = set()
+
+    def started() -> bool:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            resp = readyz(base)
+        except httpx.HTTPError:
+            return False
+        said.add(resp.json().get("error") or "")
+        return resp.status_code == 200
+
+    try:
+        poll(started, 600, lambda: log.read_text()[-3000:])
+        yield Managed(base, proc, log, said)
+    finally:
+        stop(proc)
 
 
 def test_a_start_slower_than_the_time_out_is_reported_then_served(managed: Managed) -> None:
@@ -259,17 +231,9 @@ def stop_mid_stream(gateway: Stoppable, sig: signal.Signals) -> None:
 
 # Ctrl-C and SIGTERM take the same path through uvicorn's shutdown (its handle_exit), and each costs a vLLM start:
 # `make test` runs SIGTERM, `make soak` also Ctrl-C.
-boots.register("sigterm_gateway", lambda tmp_path_factory: start_stoppable(tmp_path_factory.mktemp("sigterm")))
-
-
-@pytest.fixture
-def sigterm_gateway(tmp_path_factory: pytest.TempPathFactory) -> Stoppable:
-    return boots.take("sigterm_gateway", tmp_path_factory)
-
-
 @ROOT_ONLY
-def test_sigterm_lets_streams_end_well_and_leaves_no_vllm_and_no_tmp_files(sigterm_gateway: Stoppable) -> None:
-    stop_mid_stream(sigterm_gateway, signal.SIGTERM)
+def test_sigterm_lets_streams_end_well_and_leaves_no_vllm_and_no_tmp_files(tmp_path: Path) -> None:
+    stop_mid_stream(start_stoppable(tmp_path), signal.SIGTERM)
 
 
 @ROOT_ONLY
