@@ -91,9 +91,9 @@ def vllm_serve_parser(monkeypatch: pytest.MonkeyPatch):
 
     from service import vllm_main
 
-    pytest.importorskip("vllm", reason="vLLM is not installed in this venv")
     monkeypatch.setenv("VLLM_TARGET_DEVICE", os.environ.get("VLLM_TARGET_DEVICE", "cpu"))
-    monkeypatch.setattr(metadata, "version", vllm_main._version)
+    monkeypatch.setattr(metadata, "version", vllm_main._version)  # before vLLM's first import, which reads it
+    pytest.importorskip("vllm", reason="vLLM is not installed in this venv")
     from vllm.entrypoints.cli.serve import ServeSubcommand
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
